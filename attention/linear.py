@@ -21,10 +21,11 @@ def elu_feature_map(x: jax.Array) -> jax.Array:
 
 
 def linear_attention(q, k, v, key_mask, *, eps: float = 1e-6):
-    """Eq. 6 with masked keys; computed in fp32 whatever the input dtype."""
-    phi_q = elu_feature_map(q.astype(jnp.float32))
-    phi_k = elu_feature_map(k.astype(jnp.float32)) * key_mask[:, :, None, None]
-    kv = jnp.einsum("bkhd,bkhe->bhde", phi_k, v.astype(jnp.float32))
+    """Eq. 6 with masked keys; sums in at least fp32 (bf16 inputs are upcast, fp64 stays fp64)."""
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    phi_q = elu_feature_map(q.astype(dtype))
+    phi_k = elu_feature_map(k.astype(dtype)) * key_mask[:, :, None, None]
+    kv = jnp.einsum("bkhd,bkhe->bhde", phi_k, v.astype(dtype))
     numerator = jnp.einsum("bqhd,bhde->bqhe", phi_q, kv)
     denominator = jnp.einsum("bqhd,bhd->bqh", phi_q, phi_k.sum(axis=1))
     return (numerator / (denominator[..., None] + eps)).astype(q.dtype)

@@ -28,9 +28,13 @@ MASKED_LOGIT = -1e30
 
 
 def softmax_attention_weights(q: jax.Array, k: jax.Array, key_mask: jax.Array) -> jax.Array:
-    """Row-stochastic weights softmax(q k^T / sqrt(d)) over real keys; (batch, heads, n_q, n_k), fp32."""
+    """Row-stochastic weights softmax(q k^T / sqrt(d)) over real keys; (batch, heads, n_q, n_k).
+
+    Computed in at least fp32 (bf16 inputs are upcast; fp64 stays fp64).
+    """
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=dtype) * scale
     logits = jnp.where(key_mask[:, None, None, :], logits, MASKED_LOGIT)
     return jax.nn.softmax(logits, axis=-1)
 

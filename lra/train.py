@@ -14,6 +14,7 @@ and W&B logs of the same metrics when ``logger.wandb.enabled``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -149,6 +150,7 @@ class _progress_bar:
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" noise
     record = run(cfg)
     return float(record["val_accuracy_best"])
 

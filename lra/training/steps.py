@@ -35,7 +35,7 @@ def make_train_step(model_graph: nnx.GraphDef, optimizer_graph: nnx.GraphDef):
 
         (loss, correct), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
-        metrics = {"loss": loss, "accuracy": correct / count, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "accuracy": correct / count, "grad_norm": optax.tree.norm(grads)}
         return nnx.state(model), nnx.state(optimizer), metrics
 
     return train_step

@@ -1,0 +1,39 @@
+"""Brute-force float64 NumPy references of each family's own math (loops over batch and head)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax_reference(q, k, v, key_mask):
+    """softmax(q k^T / sqrt(d)) v over real keys, one (batch, head) at a time."""
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    batch, n, heads, d = q.shape
+    out = np.zeros_like(q)
+    for b in range(batch):
+        real = np.asarray(key_mask[b], bool)
+        for h in range(heads):
+            scores = q[b, :, h] @ k[b, real, h].T / np.sqrt(d)
+            weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+            weights /= weights.sum(axis=1, keepdims=True)
+            out[b, :, h] = weights @ v[b, real, h]
+    return out
+
+
+def linear_reference(q, k, v, key_mask, eps=1e-6):
+    """Katharopoulos Eq. 6 written as an explicit double sum over queries and real keys."""
+    phi = lambda x: np.where(x > 0, x + 1.0, np.exp(x))  # elu(x) + 1
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    batch, n, heads, d = q.shape
+    out = np.zeros_like(q)
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(n):
+                numerator, denominator = np.zeros(v.shape[-1]), 0.0
+                for j in range(n):
+                    if key_mask[b][j]:
+                        similarity = phi(q[b, i, h]) @ phi(k[b, j, h])
+                        numerator += similarity * v[b, j, h]
+                        denominator += similarity
+                out[b, i, h] = numerator / (denominator + eps)
+    return out

@@ -1,0 +1,40 @@
+"""Shared test setup: no network, offline W&B, tiny configs composed from the real config tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["WANDB_MODE"] = "offline"  # W&B never goes online in tests (and makes no network calls)
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+
+# A smoke run shrunk further: seconds per run on 2 CPU cores.
+TINY_OVERRIDES = [
+    "protocol=smoke", "logger=csv", "progress=false",
+    "task.max_length=64", "task.generator.min_length=10", "task.generator.max_length=64",
+    "task.generator.num_train=96", "task.generator.num_val=37", "task.generator.num_test=21",
+    "train.steps=6", "train.batch_size=8", "train.eval_batch_size=16", "train.eval_every=3",
+    "train.log_every=2", "train.resident_steps=2",
+    "model.emb_dim=16", "model.qkv_dim=16", "model.mlp_dim=16", "model.num_layers=1",
+]
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """compose(*overrides) -> the run config with tiny sizes and every path under tmp_path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    def _compose(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose("config", overrides=[
+                *TINY_OVERRIDES, f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}", *overrides])
+
+    return _compose

@@ -1,0 +1,112 @@
+"""The common encoder: shapes, padding invariance, parameter counts, positional tables, dtypes."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from attention.linear import LinearAttention
+from attention.softmax import SoftmaxAttention
+from lra.model import Encoder, count_parameters, sinusoidal_table
+
+
+def tiny_encoder(attention=SoftmaxAttention, **overrides):
+    kwargs = dict(vocab_size=17, num_classes=10, max_length=40, attention=attention, emb_dim=16,
+                  num_heads=2, qkv_dim=16, mlp_dim=24, num_layers=2, rngs=nnx.Rngs(params=0, dropout=1))
+    kwargs.update(overrides)
+    return Encoder(**kwargs)
+
+
+def padded_tokens(real_tokens: np.ndarray, total: int) -> jnp.ndarray:
+    out = np.zeros((real_tokens.shape[0], total), np.int32)
+    out[:, : real_tokens.shape[1]] = real_tokens
+    return jnp.asarray(out)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pos_emb", ["sinusoidal", "learned"])
+def test_logits_shape(pooling, pos_emb):
+    model = tiny_encoder(pooling=pooling, pos_emb=pos_emb)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, 17, (3, 40)), jnp.int32)
+    assert model(tokens, deterministic=True).shape == (3, 10)
+    assert model(tokens, deterministic=False).shape == (3, 10)
+
+
+@pytest.mark.parametrize("attention", [SoftmaxAttention, LinearAttention])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_encoder_output_is_padding_invariant(attention, pooling):
+    model = tiny_encoder(attention, pooling=pooling)
+    real = np.random.default_rng(1).integers(1, 17, (2, 17))
+    logits = [np.asarray(model(padded_tokens(real, total), deterministic=True)) for total in (17, 25, 40)]
+    for other in logits[1:]:
+        np.testing.assert_allclose(other, logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_unmasked_mean_quirk_depends_on_padding():
+    """The older harnesses' mean (sum / padded length) is NOT padding invariant: the quirk is real."""
+    model = tiny_encoder(pooling="mean", mean_pool_includes_padding=True)
+    real = np.random.default_rng(2).integers(1, 17, (2, 17))
+    short = np.asarray(model(padded_tokens(real, 17), deterministic=True))
+    long = np.asarray(model(padded_tokens(real, 40), deterministic=True))
+    assert np.abs(short - long).max() > 1e-3
+
+
+def test_pixel_tasks_treat_zero_as_a_real_token():
+    model = tiny_encoder(pooling="mean", pad_id=None)
+    tokens = jnp.zeros((1, 40), jnp.int32)
+    assert bool(model.token_mask(tokens).all())
+    masked_model = tiny_encoder(pooling="mean")
+    assert not bool(masked_model.token_mask(tokens).any())
+
+
+def test_official_listops_parameter_count():
+    """Counted independently from the official config (bias-free QKVO, CLS, sinusoidal positions)."""
+    emb, mlp, layers, vocab, classes = 512, 1024, 4, 17, 10
+    per_layer = 2 * (2 * emb) + 4 * emb * emb + (emb * mlp + mlp) + (mlp * emb + emb)
+    expected = vocab * emb + emb + layers * per_layer + 2 * emb + (emb * mlp + mlp) + (mlp * classes + classes)
+    model = Encoder(vocab_size=vocab, num_classes=classes, max_length=2000, attention=SoftmaxAttention,
+                    emb_dim=emb, num_heads=8, qkv_dim=512, mlp_dim=mlp, num_layers=layers, rngs=nnx.Rngs(0))
+    assert count_parameters(model) == expected
+    assert abs(expected - 8.95e6) < 0.01e6  # reference: ~8.95M
+
+
+def test_sinusoidal_table_formula():
+    table = sinusoidal_table(50, 8)
+    position, i = 37, 3
+    frequency = 10000.0 ** (-2 * i / 8)
+    assert table[position, 2 * i] == pytest.approx(np.sin(position * frequency), abs=1e-6)
+    assert table[position, 2 * i + 1] == pytest.approx(np.cos(position * frequency), abs=1e-6)
+
+
+def test_bfloat16_compute_keeps_fp32_parameters():
+    model = tiny_encoder(dtype="bfloat16")
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)
+    tokens = jnp.asarray(np.random.default_rng(3).integers(1, 17, (2, 40)), jnp.int32)
+    hidden, _ = model.encode(tokens, deterministic=True)
+    assert hidden.dtype == jnp.bfloat16
+    logits = model(tokens, deterministic=True)
+    assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+
+
+def test_invalid_choices_name_their_config_key():
+    with pytest.raises(ValueError, match="model.pooling"):
+        tiny_encoder(pooling="max")
+    with pytest.raises(ValueError, match="model.pos_emb"):
+        tiny_encoder(pos_emb="rotary")
+    with pytest.raises(ValueError, match="model.qkv_dim"):
+        tiny_encoder(qkv_dim=15)
+
+
+def test_dropout_makes_training_stochastic_and_evaluation_deterministic():
+    model = tiny_encoder(dropout_rate=0.3)
+    tokens = jnp.asarray(np.random.default_rng(4).integers(1, 17, (2, 40)), jnp.int32)
+    a, b = model(tokens, deterministic=True), model(tokens, deterministic=True)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    c, d = model(tokens, deterministic=False), model(tokens, deterministic=False)
+    assert not np.allclose(np.asarray(c), np.asarray(d))
