@@ -9,24 +9,48 @@ import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _process_umask() -> int:
+    """The umask, read without changing it (os.umask would briefly set it for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str, *, exclusive: bool = False) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then move it into place.
+
+    With ``exclusive=True`` an existing ``path`` is never replaced: FileExistsError instead, decided
+    atomically by the filesystem (a hard link), so two writers cannot both succeed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w") as handle:  # owns fd from here: closed on any error below
+            os.chmod(tmp, 0o666 & ~_process_umask())  # mkstemp makes 0600; use what open() would
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+        _fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

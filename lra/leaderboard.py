@@ -113,7 +113,7 @@ class LeaderboardCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         try:
             print_leaderboard(self.results_dir)
-        except FileNotFoundError as error:
+        except FileNotFoundError as error:  # a sweep whose runs all failed leaves no table
             print(f"leaderboard: {error}")
 
 

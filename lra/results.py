@@ -32,9 +32,11 @@ def write_record(results_dir: str | Path, record: dict) -> Path:
     """Store one run's record and refresh the table. Refuses to overwrite an existing record."""
     results_dir = Path(results_dir)
     path = results_dir / RECORDS / f"{record['run_id']}.json"
-    if path.exists():
-        raise FileExistsError(f"result record {path} already exists; records are immutable")
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n",
+                          exclusive=True)
+    except FileExistsError:
+        raise FileExistsError(f"result record {path} already exists; records are immutable") from None
     rebuild_table(results_dir)
     return path
 
@@ -62,8 +64,9 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 def rebuild_table(results_dir: str | Path) -> Path:
     results_dir = Path(results_dir)
     with exclusive_lock(results_dir / ".lock"):
-        frame = records_frame(read_records(results_dir))
-        atomic_write_text(results_dir / TABLE, frame.to_csv(index=False))
+        records = read_records(results_dir)
+        if records:  # no records, no table (an empty CSV would not parse)
+            atomic_write_text(results_dir / TABLE, records_frame(records).to_csv(index=False))
     return results_dir / TABLE
 
 

@@ -14,7 +14,7 @@ from lra.data.token_cache import read_cache, write_cache
 
 VOCAB_SIZE = 300
 MAX_LENGTH = 12
-TIMEOUT_S = 20.0
+TIMEOUT_S = 10.0
 
 
 def _sequence(i: int) -> np.ndarray:

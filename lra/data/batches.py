@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import jax
@@ -81,7 +82,8 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2, sharding=None) ->
             yield item
     finally:  # unblock and retire the producer when the consumer stops early
         stop.set()
-        while thread.is_alive():
+        deadline = time.monotonic() + 10.0  # a source blocked inside next() cannot hold us forever
+        while thread.is_alive() and time.monotonic() < deadline:
             try:
                 buffer.get(timeout=0.05)
             except queue.Empty:

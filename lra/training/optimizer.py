@@ -1,7 +1,7 @@
 """Optimisers and learning-rate schedules of the two LRA training protocols.
 
 Official LRA (``google-research/long-range-arena``, ``utils/train_utils.py``):
-    lr(t) = base * prod(factors),  factors from {constant, linear_warmup, rsqrt_decay, cosine_decay}
+    lr(t) = prod(factors),  factors from {constant (= base), linear_warmup, rsqrt_decay, cosine_decay}
         linear_warmup = min(1, t / warmup)
         rsqrt_decay   = 1 / sqrt(max(t, warmup))
         cosine_decay  = max(0, 0.5 (1 + cos(pi * ((max(0, t - warmup) / steps_per_cycle) mod 1))))
@@ -29,7 +29,7 @@ FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "cosine_decay")
 
 def factor_schedule(base_learning_rate: float, factors: str, warmup_steps: int,
                     steps_per_cycle: int) -> optax.Schedule:
-    """The official LRA schedule: base * the product of the '*'-separated factors."""
+    """The official LRA schedule: the product of the '*'-separated factors ('constant' = base)."""
     names = [name.strip() for name in factors.split("*")]
     for name in names:
         if name not in FACTORS:
@@ -37,9 +37,11 @@ def factor_schedule(base_learning_rate: float, factors: str, warmup_steps: int,
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
-        lr = jnp.asarray(base_learning_rate, jnp.float32)
+        lr = jnp.asarray(1.0, jnp.float32)  # as in the official code, only 'constant' brings in the base
         for name in names:
-            if name == "linear_warmup":
+            if name == "constant":
+                lr = lr * base_learning_rate
+            elif name == "linear_warmup":
                 lr = lr * jnp.minimum(1.0, step / max(warmup_steps, 1))
             elif name == "rsqrt_decay":
                 lr = lr / jnp.sqrt(jnp.maximum(step, float(warmup_steps)))
@@ -59,8 +61,11 @@ def one_cycle_points(total_steps: int, pct_start: float) -> tuple[float, float]:
 def _two_phase_linear(start, peak, end, peak_step, last_step):
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
-        rising = start + (peak - start) * jnp.clip(step / max(peak_step, 1e-9), 0.0, 1.0)
-        falling = peak + (end - peak) * jnp.clip((step - peak_step) / max(last_step - peak_step, 1e-9), 0.0, 1.0)
+        # (1 - f) a + f b rather than a + f (b - a): exact at both ends in float32
+        up = jnp.clip(step / max(peak_step, 1e-9), 0.0, 1.0)
+        down = jnp.clip((step - peak_step) / max(last_step - peak_step, 1e-9), 0.0, 1.0)
+        rising = (1.0 - up) * start + up * peak
+        falling = (1.0 - down) * peak + down * end
         return jnp.where(step <= peak_step, rising, falling)
 
     return schedule
