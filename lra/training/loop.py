@@ -6,7 +6,8 @@
         every log_every steps: fetch the window's metrics (one sync), time the window
         every eval_every steps: full validation pass; keep the best-validation parameters
     test with the final parameters and with the best-validation parameters
-    time the compiled step alone on one device-resident batch (host-overhead reference)
+    time the compiled step alone on one device-resident batch, in windows of log_every steps
+    (the reference for the host overhead: loop step time / resident step time - 1)
 
 Step time is measured per logging window (wall time / steps, after the window's metrics are on the
 host) and the median over windows is reported; the first window is warm-up and is excluded when
@@ -45,7 +46,7 @@ class LoopConfig:
     eval_batch_size: int | None = None
     train_limit: int | None = None  # use only the first N training examples (smoke presets)
     eval_limit: int | None = None  # evaluate on the first N validation/test examples
-    resident_steps: int = 20  # steps of the compiled step on one resident batch (0 = skip)
+    resident_steps: int = 20  # steps of the compiled step alone on one resident batch (0 = skip)
     prefetch: int = 2
 
 
@@ -133,7 +134,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
 
     steady = window_times[1:] if len(window_times) > 1 else window_times
     step_time = statistics.median(steady)
-    resident_time = _resident_step_time(train_fn, model_state, optimizer_state, batch, cfg.resident_steps)
+    resident_time = _resident_step_time(train_fn, model_state, optimizer_state, batch, cfg.resident_steps,
+                                        cfg.log_every)
     nnx.update(model, model_state)
     nnx.update(optimizer, optimizer_state)
     return {
@@ -154,15 +156,20 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
     }
 
 
-def _resident_step_time(train_fn, model_state, optimizer_state, batch, steps: int) -> float | None:
-    """Median-free reference: the compiled step alone, chained on one resident batch (state copies)."""
+def _resident_step_time(train_fn, model_state, optimizer_state, batch, steps: int, window: int) -> float | None:
+    """The compiled step alone, chained on one resident batch (on state copies): the median over
+    windows of ``window`` steps, each timed like a training-loop window (one sync at its end)."""
     if steps <= 0:
         return None
     model_state, optimizer_state = _copy(model_state), _copy(optimizer_state)
     model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, batch)  # warm
     jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, batch)
-    jax.block_until_ready((model_state, metrics))
-    return (time.perf_counter() - start) / steps
+    window = max(1, min(window, steps))
+    times = []
+    for _ in range(max(1, steps // window)):
+        start = time.perf_counter()
+        for _ in range(window):
+            model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, batch)
+        jax.block_until_ready((model_state, metrics))
+        times.append((time.perf_counter() - start) / window)
+    return statistics.median(times)
