@@ -20,7 +20,7 @@ TINY_OVERRIDES = [
     "task.max_length=64", "task.generator.min_length=10", "task.generator.max_length=64",
     "task.generator.num_train=96", "task.generator.num_val=37", "task.generator.num_test=21",
     "train.steps=6", "train.batch_size=8", "train.eval_batch_size=16", "train.eval_every=3",
-    "train.log_every=2", "train.resident_steps=2",
+    "train.log_every=2", "train.overhead_pairs=1",
     "model.emb_dim=16", "model.qkv_dim=16", "model.mlp_dim=16", "model.num_layers=1",
 ]
 

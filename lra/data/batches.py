@@ -56,6 +56,7 @@ def eval_batches(split: TokenSplit, batch_size: int, max_length: int,
 
 def prefetch_to_device(batches: Iterator[dict], size: int = 2, sharding=None) -> Iterator[dict]:
     """Yield device-resident batches, produced ``size`` ahead by a daemon thread."""
+    monotonic = time.monotonic  # bound now: the finally below may run at interpreter shutdown
     buffer: queue.Queue = queue.Queue(maxsize=size)
     done = object()
     stop = threading.Event()
@@ -82,8 +83,8 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2, sharding=None) ->
             yield item
     finally:  # unblock and retire the producer when the consumer stops early
         stop.set()
-        deadline = time.monotonic() + 10.0  # a source blocked inside next() cannot hold us forever
-        while thread.is_alive() and time.monotonic() < deadline:
+        deadline = monotonic() + 10.0  # a source blocked inside next() cannot hold us forever
+        while thread.is_alive() and monotonic() < deadline:
             try:
                 buffer.get(timeout=0.05)
             except queue.Empty:

@@ -6,8 +6,7 @@
         every log_every steps: fetch the window's metrics (one sync), time the window
         every eval_every steps: full validation pass; keep the best-validation parameters
     test with the final parameters and with the best-validation parameters
-    time the compiled step alone on one device-resident batch, in windows of log_every steps
-    (the reference for the host overhead: loop step time / resident step time - 1)
+    host overhead: alternate windows fed by the prefetched pipeline and by one resident batch
 
 Step time is measured per logging window (wall time / steps, after the window's metrics are on the
 host) and the median over windows is reported; the first window is warm-up and is excluded when
@@ -17,6 +16,7 @@ there are others. Evaluation time is never inside a window.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import statistics
 import time
 import warnings
@@ -46,7 +46,7 @@ class LoopConfig:
     eval_batch_size: int | None = None
     train_limit: int | None = None  # use only the first N training examples (smoke presets)
     eval_limit: int | None = None  # evaluate on the first N validation/test examples
-    resident_steps: int = 20  # steps of the compiled step alone on one resident batch (0 = skip)
+    overhead_pairs: int = 3  # pairs of (pipeline, resident-batch) timing windows after training (0 = skip)
     prefetch: int = 2
 
 
@@ -134,8 +134,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
 
     steady = window_times[1:] if len(window_times) > 1 else window_times
     step_time = statistics.median(steady)
-    resident_time = _resident_step_time(train_fn, model_state, optimizer_state, batch, cfg.resident_steps,
-                                        cfg.log_every)
+    pipeline_time, resident_time = _host_overhead_timing(
+        train_fn, model_state, optimizer_state, train_iter, batch, cfg.overhead_pairs, cfg.log_every)
     nnx.update(model, model_state)
     nnx.update(optimizer, optimizer_state)
     return {
@@ -146,8 +146,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
         "test_examples": test_final["examples"], "val_examples": last_val["examples"],
         "train_loss_final": last_train["loss"], "train_accuracy_final": last_train["accuracy"],
         "step_time_median_s": step_time, "step_time_windows": len(steady),
-        "step_time_resident_s": resident_time,
-        "host_overhead": step_time / resident_time - 1.0 if resident_time else None,
+        "step_time_pipeline_s": pipeline_time, "step_time_resident_s": resident_time,
+        "host_overhead": pipeline_time / resident_time - 1.0 if resident_time else None,
         "examples_per_s": cfg.batch_size / step_time,
         "tokens_per_s": cfg.batch_size * cfg.max_length / step_time,
         "compile_time_s": compile_time, "eval_compile_time_s": eval_compile_time,
@@ -156,20 +156,26 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
     }
 
 
-def _resident_step_time(train_fn, model_state, optimizer_state, batch, steps: int, window: int) -> float | None:
-    """The compiled step alone, chained on one resident batch (on state copies): the median over
-    windows of ``window`` steps, each timed like a training-loop window (one sync at its end)."""
-    if steps <= 0:
-        return None
+def _host_overhead_timing(train_fn, model_state, optimizer_state, train_iter, resident_batch,
+                          pairs: int, window: int) -> tuple[float | None, float | None]:
+    """Side-by-side step times, on copies of the final state, to isolate the host's share.
+
+    Alternates windows of ``window`` steps fed by the training loop's own prefetched iterator and
+    windows fed by one device-resident batch (the compiled step alone), each timed like a loop
+    window (one sync at its end). Interleaving cancels machine drift; returns the medians
+    (pipeline, resident).
+    """
+    if pairs <= 0:
+        return None, None
     model_state, optimizer_state = _copy(model_state), _copy(optimizer_state)
-    model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, batch)  # warm
-    jax.block_until_ready(metrics)
-    window = max(1, min(window, steps))
-    times = []
-    for _ in range(max(1, steps // window)):
-        start = time.perf_counter()
-        for _ in range(window):
-            model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, batch)
-        jax.block_until_ready((model_state, metrics))
-        times.append((time.perf_counter() - start) / window)
-    return statistics.median(times)
+    sources = {"pipeline": train_iter, "resident": itertools.repeat(resident_batch)}
+    times: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(pairs):
+        for name, source in sources.items():
+            start, pending = time.perf_counter(), []
+            for _ in range(window):
+                model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, next(source))
+                pending.append(metrics)
+            jax.device_get(pending)
+            times[name].append((time.perf_counter() - start) / window)
+    return statistics.median(times["pipeline"]), statistics.median(times["resident"])
