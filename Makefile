@@ -15,6 +15,9 @@ PRESET ?= lra_official
 ATTENTION ?=
 # Seeds 0..SEEDS-1.
 SEEDS ?= 1
+# Hydra launcher: basic (runs in turn, in this process) | submitit_local (parallel local jobs)
+# | submitit_slurm (a SLURM cluster; see README).
+LAUNCHER ?= basic
 # Extra Hydra overrides, e.g. ARGS="train.steps=100 logger=csv".
 ARGS ?=
 RESULTS ?= results/$(PRESET)
@@ -46,7 +49,7 @@ sweep: install
 	if [ -z "$$attentions" ]; then attentions=$$($(PY) -m lra.registry --runnable) || exit 1; fi; \
 	echo "sweep: task=$(TASK) protocol=$(PRESET) attentions=$$attentions seeds=$(SEED_LIST)"; \
 	$(PY) -m lra.train --multirun task=$(TASK) protocol=$(PRESET) attention=$$attentions \
-		seed=$(SEED_LIST) $(ARGS)
+		seed=$(SEED_LIST) hydra/launcher=$(LAUNCHER) $(ARGS)
 
 run: install
 	$(PY) -m lra.train task=$(TASK) protocol=$(PRESET) attention=$(or $(ATTENTION),softmax) $(ARGS)

@@ -109,6 +109,7 @@ def run(cfg: DictConfig) -> dict:
             "steps": loop_cfg.steps, "batch_size": loop_cfg.batch_size, "max_length": cfg.task.max_length,
             "dtype": cfg.model.dtype, "quirks": OmegaConf.to_container(cfg.quirks),
             "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+            "optimizer_config": OmegaConf.to_container(cfg.optimizer, resolve=True),
             "param_count": count_parameters(model), "data_cache": cache.directory.name,
             **metrics, **provenance(), "run_dir": str(run_dir.resolve()),
         }

@@ -83,8 +83,10 @@ def _cli(module, *overrides, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_sweep_over_two_attentions_writes_rows_and_leaderboard(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_sweep_over_two_attentions_writes_rows_and_leaderboard(tmp_path, launcher):
     result = _cli("lra.train", "--multirun", *TINY_OVERRIDES, "attention=softmax,linear",
+                  f"hydra/launcher={launcher}",
                   f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
                   f"hydra.sweep.dir={tmp_path / 'multirun'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -95,7 +97,7 @@ def test_sweep_over_two_attentions_writes_rows_and_leaderboard(tmp_path):
     for name in ("softmax", "linear"):
         assert f"| smoke | {name} |" in leaderboard
     assert "LRA leaderboard" in result.stdout  # printed at the end of the multirun
-    run_dirs = sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir())
+    run_dirs = sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir() and p.name[0] != ".")
     assert run_dirs == ["0_softmax_seed0", "1_linear_seed0"]
 
 
