@@ -1,0 +1,91 @@
+"""Fixed-shape batches from a token cache, shuffled by seed and prefetched to the device.
+
+Every batch has the same shape, so the train and eval steps compile once:
+- training batches are drawn from a fresh seeded permutation each epoch (remainder dropped);
+- evaluation batches walk the split in order and the last one is padded with zero-weight rows
+  (``weights`` = 0), so every example is scored exactly once and nothing recompiles.
+
+A background thread assembles numpy batches and ``jax.device_put``s them a few steps ahead, so
+the training loop never waits on the host (the step time reported is the device's).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+from lra.data.token_cache import TokenSplit
+
+
+def _assemble(split: TokenSplit, indices: np.ndarray, batch_size: int, max_length: int) -> dict:
+    tokens = np.zeros((batch_size, max_length), np.int32)
+    split.gather(indices, max_length, out=tokens[: len(indices)])
+    labels = np.zeros((batch_size,), np.int32)
+    labels[: len(indices)] = split.labels[indices]
+    weights = np.zeros((batch_size,), np.float32)
+    weights[: len(indices)] = 1.0
+    return {"tokens": tokens, "labels": labels, "weights": weights}
+
+
+def train_batches(split: TokenSplit, batch_size: int, max_length: int, seed: int,
+                  limit_examples: int | None = None) -> Iterator[dict]:
+    """Endless training batches; epoch e uses permutation rng(seed, e) of the (first limit) examples."""
+    count = len(split) if limit_examples is None else min(limit_examples, len(split))
+    if count < batch_size:
+        raise ValueError(f"train split has {count} examples, fewer than one batch of {batch_size}")
+    epoch = 0
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(count)
+        for start in range(0, count - batch_size + 1, batch_size):
+            yield _assemble(split, order[start:start + batch_size], batch_size, max_length)
+        epoch += 1
+
+
+def eval_batches(split: TokenSplit, batch_size: int, max_length: int,
+                 limit_examples: int | None = None) -> Iterator[dict]:
+    """One pass over the split in order; the last batch is padded with zero-weight rows."""
+    count = len(split) if limit_examples is None else min(limit_examples, len(split))
+    for start in range(0, count, batch_size):
+        yield _assemble(split, np.arange(start, min(start + batch_size, count)), batch_size, max_length)
+
+
+def prefetch_to_device(batches: Iterator[dict], size: int = 2, sharding=None) -> Iterator[dict]:
+    """Yield device-resident batches, produced ``size`` ahead by a daemon thread."""
+    monotonic = time.monotonic  # bound now: the finally below may run at interpreter shutdown
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def producer():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                buffer.put(jax.device_put(batch, sharding))
+            buffer.put(done)
+        except BaseException as error:  # surfaced in the consumer
+            buffer.put(error)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # unblock and retire the producer when the consumer stops early
+        stop.set()
+        deadline = monotonic() + 10.0  # a source blocked inside next() cannot hold us forever
+        while thread.is_alive() and monotonic() < deadline:
+            try:
+                buffer.get(timeout=0.05)
+            except queue.Empty:
+                pass

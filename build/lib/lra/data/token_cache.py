@@ -1,0 +1,495 @@
+"""On-disk cache of tokenised sequences, shared by the LRA tasks.
+
+A cache directory holds, for every split ``<split>``:
+
+``<split>.tokens.npy``
+    A flat 1-D array with all sequences of the split concatenated, stored in
+    the smallest unsigned integer dtype that can hold every id of the vocab.
+``<split>.offsets.npy``
+    ``int64``, length ``n + 1``; sequence ``i`` is
+    ``tokens[offsets[i]:offsets[i + 1]]``.
+``<split>.labels.npy``
+    ``int32``, length ``n``.
+
+plus ``manifest.json`` describing the content (format version, task, source,
+tokenizer name and version, vocab, generation/reading parameters, per-split
+counts and length statistics, and the sha256 and byte size of every array
+file).
+
+Ids are the tokenizer's ids; id 0 is reserved for padding, which is what
+:meth:`TokenSplit.gather` pads with.
+
+Writes are atomic: :func:`write_cache` fills a hidden temporary sibling
+directory and renames it into place only once every file and the manifest are
+complete, so an interrupted write never leaves a half-written cache behind.
+Leftover temporary directories of dead writers are removed by the next write.
+Reads are cheap: :func:`read_cache` memory-maps the arrays and checks only
+sizes and shapes unless ``verify=True`` asks for a full sha256 check.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "CacheError",
+    "TokenCache",
+    "TokenSplit",
+    "read_cache",
+    "token_dtype_for",
+    "write_cache",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# Temporary directories of writers that died are removed once they are older
+# than this, when their owner cannot be checked (another host).
+_STALE_TMP_SECONDS = 24 * 3600
+# Size of the hand-written .npy header of the tokens file (fixed, so it can be
+# rewritten in place once the total length is known).
+_NPY_HEADER_BYTES = 128
+_HASH_CHUNK = 1 << 22
+_WRITE_BUFFER = 1 << 20
+
+
+class CacheError(RuntimeError):
+    """A token cache is missing, incomplete, corrupt or of another format."""
+
+
+def token_dtype_for(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids ``0 .. vocab_size - 1``."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
+
+
+# --------------------------------------------------------------------------- #
+# Reading
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(eq=False)
+class TokenSplit:
+    """One split of a cache: ragged token sequences plus labels.
+
+    ``tokens`` is a read-only memory map; ``offsets`` and ``labels`` are small
+    and memory-mapped too.  Sequence ``i`` is ``tokens[offsets[i]:offsets[i+1]]``.
+    """
+
+    name: str
+    tokens: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+    _flat: np.ndarray = field(init=False, repr=False)
+    _offs: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Plain-ndarray views: slicing an np.memmap goes through the subclass
+        # machinery, which costs several microseconds per slice.
+        self._flat = self.tokens.view(np.ndarray)
+        self._offs = np.asarray(self.offsets, dtype=np.int64).view(np.ndarray)
+
+    def __len__(self) -> int:
+        return len(self._offs) - 1
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Length of every sequence (``int64``, shape ``(n,)``)."""
+        return np.diff(self._offs)
+
+    def sequence(self, index: int) -> np.ndarray:
+        """Sequence ``index`` (a read-only view into the memory map)."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for split {self.name!r} of size {n}")
+        index %= n
+        return self._flat[self._offs[index] : self._offs[index + 1]]
+
+    def gather(
+        self,
+        indices: Iterable[int] | np.ndarray,
+        max_length: int,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Copy the chosen sequences into a right-padded ``int32`` batch.
+
+        Each row holds one sequence truncated to ``max_length`` and padded with
+        id 0.  ``out`` (shape ``(len(indices), max_length)``, dtype ``int32``)
+        is reused when given.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            bad = idx[(idx < 0) | (idx >= n)][0]
+            raise IndexError(f"index {bad} out of range for split {self.name!r} of size {n}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        shape = (idx.size, int(max_length))
+        if out is None:
+            out = np.zeros(shape, dtype=np.int32)
+        else:
+            if out.shape != shape or out.dtype != np.int32:
+                raise ValueError(f"out must be int32 of shape {shape}, got {out.dtype} {out.shape}")
+            out.fill(0)
+        starts = self._offs[idx]
+        ends = np.minimum(self._offs[idx + 1], starts + max_length)
+        flat = self._flat
+        for row, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+            out[row, : e - s] = flat[s:e]
+        return out
+
+
+@dataclass(eq=False)
+class TokenCache:
+    """A cache read by :func:`read_cache`: the manifest and one split per name."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    splits: dict[str, TokenSplit]
+
+    def __getitem__(self, split: str) -> TokenSplit:
+        try:
+            return self.splits[split]
+        except KeyError:
+            raise KeyError(
+                f"split {split!r} not in cache {self.directory} (has {sorted(self.splits)})"
+            ) from None
+
+    def __contains__(self, split: object) -> bool:
+        return split in self.splits
+
+    @property
+    def vocab(self) -> list[str]:
+        return list(self.manifest["vocab"])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.manifest["vocab"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_cache(directory: str | os.PathLike, verify: bool = False) -> TokenCache:
+    """Open the cache in ``directory`` with memory-mapped arrays.
+
+    Always checks that the manifest exists and has the expected format version,
+    and that every array file exists with the recorded byte size, dtype and
+    shape.  ``verify=True`` also recomputes every file's sha256.  Any problem
+    raises :class:`CacheError` naming the directory.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise CacheError(f"token cache {d}: directory does not exist")
+    mpath = d / MANIFEST_NAME
+    if not mpath.is_file():
+        raise CacheError(f"token cache {d}: {MANIFEST_NAME} is missing (incomplete or foreign directory)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheError(f"token cache {d}: {MANIFEST_NAME} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise CacheError(f"token cache {d}: {MANIFEST_NAME} is not a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CacheError(
+            f"token cache {d}: format version {version!r}, this code reads version {FORMAT_VERSION}; "
+            "delete the directory to rebuild it"
+        )
+    try:
+        split_meta = manifest["splits"]
+        dtype = np.dtype(manifest["token_dtype"])
+        if not isinstance(split_meta, dict):
+            raise TypeError("'splits' is not an object")
+    except (KeyError, TypeError) as exc:
+        raise CacheError(f"token cache {d}: malformed manifest ({exc})") from exc
+
+    splits: dict[str, TokenSplit] = {}
+    for name, meta in split_meta.items():
+        arrays = {}
+        try:
+            files = meta["files"]
+            count = int(meta["count"])
+            for kind, want_dtype in (("tokens", dtype), ("offsets", np.dtype(np.int64)), ("labels", np.dtype(np.int32))):
+                info = files[kind]
+                path = d / info["name"]
+                if not path.is_file():
+                    raise CacheError(f"token cache {d}: file {info['name']} of split {name!r} is missing")
+                size = path.stat().st_size
+                if size != info["bytes"]:
+                    raise CacheError(
+                        f"token cache {d}: file {info['name']} has {size} bytes, manifest says {info['bytes']}"
+                    )
+                if verify:
+                    digest = _sha256(path)
+                    if digest != info["sha256"]:
+                        raise CacheError(
+                            f"token cache {d}: checksum mismatch for {info['name']} "
+                            f"(sha256 {digest}, manifest says {info['sha256']})"
+                        )
+                try:
+                    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (ValueError, OSError) as exc:
+                    raise CacheError(f"token cache {d}: cannot load {info['name']}: {exc}") from exc
+                if arr.dtype != want_dtype or arr.ndim != 1:
+                    raise CacheError(
+                        f"token cache {d}: {info['name']} is {arr.dtype}{arr.shape}, expected 1-D {want_dtype}"
+                    )
+                arrays[kind] = arr
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError(f"token cache {d}: malformed manifest entry for split {name!r} ({exc})") from exc
+        tok, off, lab = arrays["tokens"], arrays["offsets"], arrays["labels"]
+        if len(off) != count + 1 or len(lab) != count or (count and int(off[-1]) != len(tok)) or int(off[0]) != 0:
+            raise CacheError(
+                f"token cache {d}: split {name!r} arrays are inconsistent "
+                f"(count {count}, offsets {len(off)}, labels {len(lab)}, tokens {len(tok)})"
+            )
+        splits[name] = TokenSplit(name=name, tokens=tok, offsets=off, labels=lab)
+    return TokenCache(directory=d, manifest=manifest, splits=splits)
+
+
+# --------------------------------------------------------------------------- #
+# Writing
+# --------------------------------------------------------------------------- #
+
+
+def _npy_header(dtype: np.dtype, length: int) -> bytes:
+    """A version-1.0 .npy header of exactly ``_NPY_HEADER_BYTES`` bytes."""
+    descr = np.lib.format.dtype_to_descr(dtype)
+    text = "{'descr': %r, 'fortran_order': False, 'shape': (%d,), }" % (descr, length)
+    room = _NPY_HEADER_BYTES - 10 - 1  # magic(6) + version(2) + len(2), trailing newline
+    if len(text) > room:
+        raise ValueError("npy header too long")  # impossible for 1-D arrays
+    text = text.ljust(room) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_tmp(target: Path) -> None:
+    """Remove temporary directories left by writers of ``target`` that died."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    host = socket.gethostname()
+    for prefix in (_tmp_prefix(target), f".{target.name}.old-"):
+        for p in parent.glob(prefix + "*"):
+            if not p.is_dir():
+                continue
+            rest = p.name[len(prefix) :]
+            # name: <host>-<pid>-<random>; host may itself contain '-'.
+            parts = rest.rsplit("-", 2)
+            stale = False
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+                stale = int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1]))
+            if not stale:
+                try:
+                    stale = time.time() - p.stat().st_mtime > _STALE_TMP_SECONDS
+                except OSError:
+                    continue
+            if stale:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_split(
+    tmp: Path,
+    name: str,
+    sequences: Iterable[np.ndarray],
+    labels: np.ndarray,
+    dtype: np.dtype,
+    vocab_size: int,
+) -> dict[str, Any]:
+    tok_name, off_name, lab_name = f"{name}.tokens.npy", f"{name}.offsets.npy", f"{name}.labels.npy"
+    offsets = [0]
+    total = 0
+    min_len: int | None = None
+    max_len = 0
+    with open(tmp / tok_name, "wb", buffering=_WRITE_BUFFER) as f:
+        f.write(_npy_header(dtype, 0))
+        for i, seq in enumerate(sequences):
+            arr = np.asarray(seq)
+            if arr.ndim != 1:
+                raise ValueError(f"split {name!r}: sequence {i} is not 1-D (shape {arr.shape})")
+            if arr.size:
+                if arr.dtype.kind not in "iu":
+                    raise ValueError(f"split {name!r}: sequence {i} has non-integer dtype {arr.dtype}")
+                lo, hi = int(arr.min()), int(arr.max())
+                if lo < 0 or hi >= vocab_size:
+                    raise ValueError(
+                        f"split {name!r}: sequence {i} has ids in [{lo}, {hi}], outside the vocab of size {vocab_size}"
+                    )
+            n = int(arr.size)
+            f.write(arr.astype(dtype, copy=False).tobytes())
+            total += n
+            offsets.append(total)
+            max_len = max(max_len, n)
+            min_len = n if min_len is None else min(min_len, n)
+        f.flush()
+        f.seek(0)
+        f.write(_npy_header(dtype, total))
+    count = len(offsets) - 1
+    labels = np.asarray(labels)
+    if labels.shape != (count,):
+        raise ValueError(f"split {name!r}: {count} sequences but labels have shape {labels.shape}")
+    if labels.size and labels.dtype.kind not in "iu":
+        raise ValueError(f"split {name!r}: labels must be integers, got {labels.dtype}")
+    np.save(tmp / off_name, np.asarray(offsets, dtype=np.int64))
+    np.save(tmp / lab_name, labels.astype(np.int32))
+    files = {}
+    for kind, fname in (("tokens", tok_name), ("offsets", off_name), ("labels", lab_name)):
+        p = tmp / fname
+        files[kind] = {"name": fname, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return {
+        "count": count,
+        "num_tokens": total,
+        "min_length": min_len if min_len is not None else 0,
+        "max_length": max_len,
+        "mean_length": (total / count) if count else 0.0,
+        "files": files,
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_cache(
+    directory: str | os.PathLike,
+    splits: Mapping[str, tuple[Iterable[np.ndarray], np.ndarray]],
+    manifest_extra: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a cache atomically and return its directory.
+
+    ``splits`` maps a split name to ``(sequences, labels)`` where ``sequences``
+    is any iterable of 1-D integer arrays (consumed once, streamed to disk) and
+    ``labels`` an integer array with one entry per sequence.
+
+    ``manifest_extra`` must contain ``"task"`` (str) and ``"vocab"`` (list of
+    token strings, index = id, id 0 = padding); it usually also holds
+    ``"source"`` (dict), ``"tokenizer"`` (``{"name", "version"}``) and
+    ``"params"`` (dict); any further JSON-serialisable keys are stored as they
+    are.
+
+    Everything is written into a hidden temporary sibling directory which is
+    renamed to ``directory`` only once complete.  If ``directory`` already
+    exists, :class:`FileExistsError` is raised unless ``overwrite`` is true.
+    If another process completed the same directory first, its copy is kept
+    and ours is discarded.
+    """
+    target = Path(directory)
+    extra = dict(manifest_extra)
+    if "task" not in extra or "vocab" not in extra:
+        raise ValueError("manifest_extra needs at least 'task' and 'vocab'")
+    vocab = [str(t) for t in extra["vocab"]]
+    if not vocab:
+        raise ValueError("vocab must not be empty")
+    for name in splits:
+        if not name or "/" in name or name.startswith(".") or name != name.strip():
+            raise ValueError(f"bad split name {name!r}")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"token cache {target} already exists")
+    dtype = token_dtype_for(len(vocab))
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(target)
+    tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f"{_tmp_prefix(target)}{tag}"
+    tmp.mkdir()
+    try:
+        split_meta = {}
+        for name, (sequences, labels) in splits.items():
+            split_meta[name] = _write_split(tmp, name, sequences, labels, dtype, len(vocab))
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "task": extra.pop("task"),
+            "source": extra.pop("source", {}),
+            "tokenizer": extra.pop("tokenizer", {}),
+            "params": extra.pop("params", {}),
+            "vocab": vocab,
+            "vocab_size": len(vocab),
+            "pad_id": 0,
+            "token_dtype": dtype.name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "splits": split_meta,
+        }
+        extra.pop("vocab")
+        for k, v in extra.items():
+            manifest.setdefault(k, v)
+        text = json.dumps(manifest, indent=2, sort_keys=False, ensure_ascii=False)
+        with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+
+        if target.exists():
+            if not overwrite:
+                # Another writer finished first; keep its copy.
+                shutil.rmtree(tmp, ignore_errors=True)
+                return target
+            old = target.parent / f".{target.name}.old-{tag}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if target.is_dir() and (target / MANIFEST_NAME).is_file():
+                    shutil.rmtree(tmp, ignore_errors=True)  # lost a race; the other copy is complete
+                    return target
+                raise
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

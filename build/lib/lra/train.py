@@ -1,0 +1,160 @@
+"""Train and evaluate one (task, attention, protocol, seed); the Hydra entry point of every run.
+
+    python -m lra.train task=listops attention=softmax protocol=smoke          # one run
+    python -m lra.train -m task=listops attention=softmax,linear seed=0,1,2    # a sweep
+
+A run reads its task's cache (building it on first use), builds the common encoder around the
+configured attention, trains, evaluates, and leaves:
+    <run dir>/config.yaml    the fully resolved config
+    <run dir>/metrics.csv    train/val/test metrics at every logging point
+    <run dir>/result.json    the run's result record (also stored under <results_dir>/records/)
+and W&B logs of the same metrics when ``logger.wandb.enabled``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import jax
+from flax import nnx
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from attention.base import HARNESS_KEYS
+from lra.atomic_files import atomic_write_text
+from lra.data.tasks import load_task
+from lra.metrics import provenance
+from lra.model import Encoder, count_parameters
+from lra.results import new_run_id, write_record
+from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
+from lra.training.loop import LoopConfig, train_and_evaluate
+from lra.training.optimizer import build_optimizer
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def build_attention(attention_cfg: DictConfig):
+    """The attention YAML -> (name, factory(spec, rngs=...), constructor kwargs for the record)."""
+    config = OmegaConf.to_container(attention_cfg, resolve=True)
+    harness = {key: config.pop(key, None) for key in HARNESS_KEYS}
+    if not harness["name"]:
+        raise ConfigError("the attention config has no 'name' key (see configs/attention/softmax.yaml)")
+    if harness["requires"] == "gpu" and jax.default_backend() == "cpu":
+        raise ConfigError(f"attention '{harness['name']}' needs a GPU (attention.requires=gpu); "
+                          "this process only sees a CPU")
+    try:
+        factory = hydra.utils.instantiate(config, _partial_=True)
+    except Exception as error:  # Hydra wraps import errors; say which config and target failed
+        raise ConfigError(f"attention '{harness['name']}': cannot build _target_="
+                          f"{config.get('_target_')!r}: {error}") from error
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    return harness["name"], factory, kwargs
+
+
+def build_model(cfg: DictConfig, vocab_size: int, attention_factory) -> Encoder:
+    seed = int(cfg.seed)
+    return Encoder(vocab_size=vocab_size, num_classes=cfg.task.num_classes, max_length=cfg.task.max_length,
+                   attention=attention_factory, pad_id=cfg.task.pad_id,
+                   mean_pool_includes_padding=cfg.quirks.mean_pool_includes_padding,
+                   **OmegaConf.to_container(cfg.model, resolve=True),
+                   rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))
+
+
+def _run_dir(cfg: DictConfig, run_id: str) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs") / run_id
+
+
+def run(cfg: DictConfig) -> dict:
+    """One full run; returns its result record (already written to the results store)."""
+    attention_name, attention_factory, attention_kwargs = build_attention(cfg.attention)
+    run_id = new_run_id(cfg.task.name, attention_name, int(cfg.seed))
+    run_dir = _run_dir(cfg, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+
+    cache = load_task(cfg.task, cfg.paths.data_dir, progress=cfg.progress)
+    model = build_model(cfg, cache.vocab_size, attention_factory)
+    tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    wandb_sink = None
+    if cfg.logger.wandb.enabled:
+        wandb_sink = WandbSink(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
+                               mode=cfg.logger.wandb.mode, run_dir=run_dir, name=run_id, config=resolved,
+                               tags=[cfg.task.name, attention_name, cfg.protocol.name])
+    sinks = MetricSinks(CsvMetricsWriter(run_dir), wandb_sink)
+    loop_cfg = LoopConfig(max_length=cfg.task.max_length, seed=int(cfg.seed),
+                          **OmegaConf.to_container(cfg.train, resolve=True))
+    label = f"{cfg.task.name}/{attention_name} seed {cfg.seed}"
+    record = None
+    try:
+        with _progress_bar(label, loop_cfg.steps, enabled=cfg.progress) as progress:
+            metrics = train_and_evaluate(model, optimizer, learning_rate,
+                                         {split: cache[split] for split in ("train", "val", "test")},
+                                         loop_cfg, sinks.log, progress)
+        record = {
+            "run_id": run_id, "task": cfg.task.name, "attention": attention_name,
+            "attention_config": attention_kwargs, "protocol": cfg.protocol.name, "seed": int(cfg.seed),
+            "steps": loop_cfg.steps, "batch_size": loop_cfg.batch_size, "max_length": cfg.task.max_length,
+            "dtype": cfg.model.dtype, "quirks": OmegaConf.to_container(cfg.quirks),
+            "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+            "optimizer_config": OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "param_count": count_parameters(model), "data_cache": cache.directory.name,
+            **metrics, **provenance(), "run_dir": str(run_dir.resolve()),
+        }
+        atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2, default=str) + "\n")
+        write_record(cfg.paths.results_dir, record)
+    finally:
+        sinks.close(record)
+    return record
+
+
+class _progress_bar:
+    """A rich progress bar for one run (steps, loss, best val accuracy); silent when disabled."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.label, self.total, self.enabled = label, total, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}  best val {task.fields[val]}"),
+                            TimeRemainingColumn())
+        self.bar.__enter__()
+        task = self.bar.add_task(self.label, total=self.total, loss="–", val="–")
+
+        def update(step, fields):
+            shown = {k: ("–" if v is None or v < 0 else f"{v:.3f}") for k, v in fields.items()}
+            self.bar.update(task, completed=step, **shown)
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" noise
+    record = run(cfg)
+    return float(record["val_accuracy_best"])
+
+
+if __name__ == "__main__":
+    main()
