@@ -99,7 +99,7 @@ def run(cfg: DictConfig) -> dict:
     label = f"{cfg.task.name}/{attention_name} seed {cfg.seed}"
     record = None
     try:
-        with _progress_bar(label, loop_cfg.steps, enabled=cfg.progress) as progress:
+        with ProgressBar(label, loop_cfg.steps, enabled=cfg.progress) as progress:
             metrics = train_and_evaluate(model, optimizer, learning_rate,
                                          {split: cache[split] for split in ("train", "val", "test")},
                                          loop_cfg, sinks.log, progress)
@@ -120,7 +120,7 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
-class _progress_bar:
+class ProgressBar:
     """A rich progress bar for one run (steps, loss, best val accuracy); silent when disabled."""
 
     def __init__(self, label: str, total: int, enabled: bool):
