@@ -29,6 +29,10 @@ Call
       random must be deterministic given the seed when ``deterministic`` is True.
     - Returns ``(batch, length, heads, head_dim)`` in the compute dtype.
 
+Randomness convention: a family that needs random draws keeps ``self.rng = rngs.attention.fork()``
+and calls ``self.rng()`` for a fresh key in training; for evaluation it uses a key fixed at
+construction (drawn from the same stream), so evaluation is deterministic given the seed.
+
 Layout facts (e.g. the 2-D grid of an image task, whether position 0 is a CLS token) come in the
 spec, so families such as MRA or 2-D positional biases can use them without new arguments.
 """
@@ -66,6 +70,23 @@ class Attention(Protocol):
 
 class AttentionFactory(Protocol):
     def __call__(self, spec: AttentionSpec, *, rngs: nnx.Rngs) -> Attention: ...
+
+
+class PositionalBias(Protocol):
+    """An add-on term computed from the values: ``out = attention(q, k, v, mask) + bias(v, mask)``.
+
+    Called with ``v`` (batch, length, heads, head_dim) and ``key_mask`` (batch, length); returns a
+    tensor of v's shape that the encoder adds to the attention output of every head before the
+    output projection. Padded positions must not contribute to real positions' terms. Built like an
+    attention: ``factory(spec, rngs=...)`` from a YAML in ``configs/positional_bias/``, selected with
+    ``+positional_bias=<name>`` and composable with every attention.
+    """
+
+    def __call__(self, v: jax.Array, key_mask: jax.Array) -> jax.Array: ...
+
+
+class PositionalBiasFactory(Protocol):
+    def __call__(self, spec: AttentionSpec, *, rngs: nnx.Rngs) -> PositionalBias: ...
 
 
 # Keys of an attention YAML that describe it to the harness and are not constructor arguments.

@@ -7,7 +7,8 @@
     x = LN(x);  pooled = Pool(x);  logits = W_c2 ReLU(W_c1 pooled)
 
 The Q/K/V/O projections live here; the attention in the middle is any module that follows the
-contract in ``attention/base.py``. Every choice that differs between the official LRA code and the
+contract in ``attention/base.py``. An optional positional-bias add-on (e.g. FastRPB) adds its own
+per-head term to the attention output before the output projection, whatever the attention. Every choice that differs between the official LRA code and the
 PyTorch (Nystromformer/Skyformer) lineage is a keyword argument set by the protocol config:
 bias on the projections, embedding init, sinusoidal or learned positions, CLS or mean pooling.
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from attention.base import AttentionFactory, AttentionSpec
+from attention.base import AttentionFactory, AttentionSpec, PositionalBiasFactory
 
 xavier_uniform = nnx.initializers.xavier_uniform()
 
@@ -43,7 +44,7 @@ class MultiHeadSelfAttention(nnx.Module):
     """Q/K/V projections -> per-head attention (the pluggable part) -> output projection."""
 
     def __init__(self, emb_dim: int, qkv_dim: int, spec: AttentionSpec, attention: AttentionFactory,
-                 *, use_bias: bool, rngs: nnx.Rngs):
+                 *, use_bias: bool, positional_bias: PositionalBiasFactory | None = None, rngs: nnx.Rngs):
         def projection(d_in, d_out):
             return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=spec.dtype,
                               kernel_init=xavier_uniform, rngs=rngs)
@@ -51,6 +52,7 @@ class MultiHeadSelfAttention(nnx.Module):
         self.num_heads, self.head_dim = spec.num_heads, spec.head_dim
         self.query, self.key, self.value = (projection(emb_dim, qkv_dim) for _ in range(3))
         self.attention = attention(spec, rngs=rngs)
+        self.positional_bias = positional_bias(spec, rngs=rngs) if positional_bias is not None else None
         self.out = projection(qkv_dim, emb_dim)
 
     def __call__(self, x, key_mask, *, deterministic: bool):
@@ -58,16 +60,19 @@ class MultiHeadSelfAttention(nnx.Module):
         heads = lambda t: t.reshape(batch, length, self.num_heads, self.head_dim)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         y = self.attention(q, k, v, key_mask, deterministic=deterministic)
+        if self.positional_bias is not None:  # e.g. FastRPB: + W_h V_h per head, before W_o
+            y = y + self.positional_bias(v, key_mask).astype(y.dtype)
         return self.out(y.reshape(batch, length, self.num_heads * self.head_dim))
 
 
 class EncoderBlock(nnx.Module):
     """One pre-LN Transformer block."""
 
-    def __init__(self, emb_dim, qkv_dim, mlp_dim, dropout_rate, spec, attention, *, qkv_bias, rngs):
+    def __init__(self, emb_dim, qkv_dim, mlp_dim, dropout_rate, spec, attention, *, qkv_bias,
+                 positional_bias=None, rngs):
         self.attention_norm = nnx.LayerNorm(emb_dim, dtype=spec.dtype, rngs=rngs)
-        self.self_attention = MultiHeadSelfAttention(emb_dim, qkv_dim, spec, attention,
-                                                     use_bias=qkv_bias, rngs=rngs)
+        self.self_attention = MultiHeadSelfAttention(emb_dim, qkv_dim, spec, attention, use_bias=qkv_bias,
+                                                     positional_bias=positional_bias, rngs=rngs)
         self.mlp_norm = nnx.LayerNorm(emb_dim, dtype=spec.dtype, rngs=rngs)
         self.mlp_in = nnx.Linear(emb_dim, mlp_dim, dtype=spec.dtype, kernel_init=xavier_uniform, rngs=rngs)
         self.mlp_out = nnx.Linear(mlp_dim, emb_dim, dtype=spec.dtype, kernel_init=xavier_uniform, rngs=rngs)
@@ -94,7 +99,7 @@ class Encoder(nnx.Module):
                  pooling: str = "cls", qkv_bias: bool = False, embedding_init_std: float = 1.0,
                  dtype: str = "float32", pad_id: int | None = 0,
                  mean_pool_includes_padding: bool = False, grid_shape: tuple[int, int] | None = None,
-                 rngs: nnx.Rngs):
+                 positional_bias: PositionalBiasFactory | None = None, rngs: nnx.Rngs):
         if pos_emb not in ("sinusoidal", "learned"):
             raise ValueError(f"model.pos_emb must be 'sinusoidal' or 'learned', got {pos_emb!r}")
         if pooling not in ("cls", "mean"):
@@ -121,7 +126,8 @@ class Encoder(nnx.Module):
                              dropout_rate=attention_dropout_rate, dtype=compute_dtype,
                              has_cls=self.use_cls, grid_shape=tuple(grid_shape) if grid_shape else None)
         self.blocks = nnx.List([
-            EncoderBlock(emb_dim, qkv_dim, mlp_dim, dropout_rate, spec, attention, qkv_bias=qkv_bias, rngs=rngs)
+            EncoderBlock(emb_dim, qkv_dim, mlp_dim, dropout_rate, spec, attention, qkv_bias=qkv_bias,
+                         positional_bias=positional_bias, rngs=rngs)
             for _ in range(num_layers)
         ])
         self.final_norm = nnx.LayerNorm(emb_dim, dtype=compute_dtype, rngs=rngs)

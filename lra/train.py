@@ -39,28 +39,36 @@ class ConfigError(ValueError):
     pass
 
 
-def build_attention(attention_cfg: DictConfig):
-    """The attention YAML -> (name, factory(spec, rngs=...), constructor kwargs for the record)."""
+def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
+    """An attention (or positional-bias) YAML -> (name, factory(spec, rngs=...), kwargs for the record)."""
     config = OmegaConf.to_container(attention_cfg, resolve=True)
     harness = {key: config.pop(key, None) for key in HARNESS_KEYS}
     if not harness["name"]:
-        raise ConfigError("the attention config has no 'name' key (see configs/attention/softmax.yaml)")
+        raise ConfigError(f"the {kind} config has no 'name' key (see configs/attention/softmax.yaml)")
     if harness["requires"] == "gpu" and jax.default_backend() == "cpu":
-        raise ConfigError(f"attention '{harness['name']}' needs a GPU (attention.requires=gpu); "
+        raise ConfigError(f"{kind} '{harness['name']}' needs a GPU ({kind}.requires=gpu); "
                           "this process only sees a CPU")
     try:
         factory = hydra.utils.instantiate(config, _partial_=True)
     except Exception as error:  # Hydra wraps import errors; say which config and target failed
-        raise ConfigError(f"attention '{harness['name']}': cannot build _target_="
+        raise ConfigError(f"{kind} '{harness['name']}': cannot build _target_="
                           f"{config.get('_target_')!r}: {error}") from error
     kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
     return harness["name"], factory, kwargs
 
 
-def build_model(cfg: DictConfig, vocab_size: int, attention_factory) -> Encoder:
+def build_positional_bias(cfg: DictConfig):
+    """``+positional_bias=<name>`` -> (name, factory, kwargs); (None, None, None) when absent."""
+    if cfg.get("positional_bias") is None:
+        return None, None, None
+    return build_attention(cfg.positional_bias, kind="positional_bias")
+
+
+def build_model(cfg: DictConfig, vocab_size: int, attention_factory, positional_bias_factory=None) -> Encoder:
     seed = int(cfg.seed)
     return Encoder(vocab_size=vocab_size, num_classes=cfg.task.num_classes, max_length=cfg.task.max_length,
-                   attention=attention_factory, pad_id=cfg.task.pad_id,
+                   attention=attention_factory, positional_bias=positional_bias_factory,
+                   pad_id=cfg.task.pad_id, grid_shape=cfg.task.get("grid_shape"),
                    mean_pool_includes_padding=cfg.quirks.mean_pool_includes_padding,
                    **OmegaConf.to_container(cfg.model, resolve=True),
                    rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))
@@ -77,6 +85,9 @@ def _run_dir(cfg: DictConfig, run_id: str) -> Path:
 def run(cfg: DictConfig) -> dict:
     """One full run; returns its result record (already written to the results store)."""
     attention_name, attention_factory, attention_kwargs = build_attention(cfg.attention)
+    bias_name, bias_factory, bias_kwargs = build_positional_bias(cfg)
+    if bias_name:  # a bias add-on makes a different model: its own leaderboard row
+        attention_name = f"{attention_name}+{bias_name}"
     run_id = new_run_id(cfg.task.name, attention_name, int(cfg.seed))
     run_dir = _run_dir(cfg, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
     cache = load_task(cfg.task, cfg.paths.data_dir, progress=cfg.progress)
-    model = build_model(cfg, cache.vocab_size, attention_factory)
+    model = build_model(cfg, cache.vocab_size, attention_factory, bias_factory)
     tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -105,7 +116,8 @@ def run(cfg: DictConfig) -> dict:
                                          loop_cfg, sinks.log, progress)
         record = {
             "run_id": run_id, "task": cfg.task.name, "attention": attention_name,
-            "attention_config": attention_kwargs, "protocol": cfg.protocol.name, "seed": int(cfg.seed),
+            "attention_config": attention_kwargs, "positional_bias_config": bias_kwargs,
+            "protocol": cfg.protocol.name, "seed": int(cfg.seed),
             "steps": loop_cfg.steps, "batch_size": loop_cfg.batch_size, "max_length": cfg.task.max_length,
             "dtype": cfg.model.dtype, "quirks": OmegaConf.to_container(cfg.quirks),
             "model_config": OmegaConf.to_container(cfg.model, resolve=True),

@@ -110,3 +110,27 @@ def test_dropout_makes_training_stochastic_and_evaluation_deterministic():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     c, d = model(tokens, deterministic=False), model(tokens, deterministic=False)
     assert not np.allclose(np.asarray(c), np.asarray(d))
+
+
+class ScaledValueBias(nnx.Module):
+    """A toy positional-bias add-on: a learned per-head scale times the mean of real values."""
+
+    def __init__(self, spec, *, rngs):
+        self.scale = nnx.Param(jnp.full((spec.num_heads, 1), 0.5))
+
+    def __call__(self, v, key_mask):
+        weights = key_mask[:, :, None, None].astype(v.dtype)
+        mean = (v * weights).sum(1, keepdims=True) / jnp.maximum(weights.sum(1, keepdims=True), 1.0)
+        return jnp.broadcast_to(self.scale[...] * mean, v.shape)
+
+
+def test_positional_bias_hook_is_added_per_layer_and_keeps_padding_invariance():
+    plain = tiny_encoder(pooling="mean")
+    biased = tiny_encoder(pooling="mean", positional_bias=ScaledValueBias)
+    assert sum(isinstance(m, ScaledValueBias) for _, m in biased.iter_modules()) == 2  # one per layer
+    real = np.random.default_rng(6).integers(1, 17, (2, 17))
+    a = np.asarray(plain(padded_tokens(real, 17), deterministic=True))
+    b = np.asarray(biased(padded_tokens(real, 17), deterministic=True))
+    assert np.abs(a - b).max() > 1e-4  # the add-on changes the model
+    c = np.asarray(biased(padded_tokens(real, 40), deterministic=True))
+    np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-5)

@@ -75,3 +75,15 @@ def test_deterministic_evaluation_is_repeatable(name):
     first = attention(q, k, v, mask, deterministic=True)
     second = attention(q, k, v, mask, deterministic=True)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+@pytest.mark.parametrize("name", CPU_ATTENTIONS)
+def test_batch_independence(name):
+    """Changing one example does not change another's output (no batch-global statistics)."""
+    attention = make_attention(name, SPEC)
+    q, k, v = random_qkv(4, 3, 16)
+    mask = jnp.ones((3, 16), bool).at[2, 11:].set(False)
+    reference = attention(q, k, v, mask, deterministic=True)
+    q2, k2, v2 = (t.at[0].multiply(7.0).at[0].add(3.0) for t in (q, k, v))
+    changed = attention(q2, k2, v2, mask.at[0, 5:].set(False), deterministic=True)
+    np.testing.assert_allclose(np.asarray(changed[1:]), np.asarray(reference[1:]), rtol=1e-5, atol=1e-5)
