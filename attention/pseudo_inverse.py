@@ -1,6 +1,6 @@
 """Iterative Moore–Penrose pseudo-inverse shared by Nyströmformer and Skyformer.
 
-Xiong et al. (Nyströmformer, AAAI 2021, Eq. 16) approximate A^+ of a small m x m matrix with a
+Xiong et al. (Nyströmformer, AAAI 2021) approximate A^+ of a small m x m matrix with a
 Newton–Schulz-type iteration built only from matrix products (no division-based solver, which
 Skyformer Sec. 4.4 found unstable):
 

@@ -1,0 +1,196 @@
+"""Performer attention, FAVOR+ (Choromanski et al., "Rethinking Attention with Performers", ICLR 2021).
+
+Per (example, head), with x̃ = x · d^(-1/4) for x in {q, k} (applied exactly once), so that
+q̃ᵀk̃ = qᵀk / sqrt(d), and W ∈ R^{m x d} with rows w_1..w_m:
+
+    phi(x) = m^(-1/2) · exp(W x̃ − ‖x̃‖²/2)        positive random features     (Sec. 2.3, Lemma 1)
+    E_W[phi(q)ᵀ phi(k)] = exp(q̃ᵀk̃) = exp(qᵀk / sqrt(d))       when every w_f ~ N(0, I_d)
+    out_i = phi(q_i)ᵀ (Σ_j m_j phi(k_j) v_jᵀ) / phi(q_i)ᵀ (Σ_j m_j phi(k_j))     (Sec. 2.2, Fig. 1)
+
+computed right to left (S = phi(K)ᵀV is m x d_v, z = phi(K)ᵀ1): time O(n m d), extra memory
+O(n m) per head for the features; the n x n matrix is never formed. Padded keys (m_j = 0) have
+their features set to exactly zero (the official LRA Performer ignores the mask, quirk A6).
+
+Orthogonal random features (Sec. 2.4). W stacks ceil(m/d) independent d x d blocks with orthonormal
+rows, from ``jnp.linalg.qr`` of Gaussian blocks; the first m rows are kept. Each block's Q factor is
+sign-corrected with sign(diag R) (Mezzadri 2007) so that it is Haar distributed: without it every
+block's i-th row has a negative i-th coordinate, which biases the kernel estimate (the authors'
+Google JAX code and the lucidrains code used by the PyTorch LRA harnesses skip it;
+``legacy_qr_signs: true`` reproduces that). Row norms: ``chi`` (the authors' scaling 0: norms of
+independent N(0, I_d) vectors, so each row is marginally N(0, I_d) and the estimate is unbiased) or
+``sqrt_d`` (scaling 1). ``orthogonal: false`` draws i.i.d. Gaussian rows instead.
+
+Numerical stabilisation (outputs are unchanged when ``feature_eps`` is 0):
+  - queries: the exponent is offset by its max over features, per (example, position, head);
+  - keys: offset by the max of the full exponent w_f·k̃_j − ‖k̃_j‖²/2 over the real keys j and all
+    features f, per (example, head), so the largest key feature is exactly m^(-1/2). Any constant
+    shared by all keys of an (example, head) cancels in the ratio; the offsets are stop-gradient'd.
+    (The authors subtract the max of W k̃ only, which can underflow every feature of long keys.)
+  - ``feature_eps`` (1e-6, the Google JAX ``numerical_stabilizer``) is added to every real feature
+    before the 1/sqrt(m) factor, which keeps the denominator positive (>= eps² · #real keys); an
+    example with no real key gets output 0 (numerator and denominator are both 0).
+  - the exponent W x̃ is computed at ``Precision.HIGHEST`` (no TF32: its error is amplified by exp);
+    all sums run in at least fp32 (bf16 inputs are upcast, fp64 stays fp64).
+
+Random features and their redraw policy (quirk A4). One W per layer is shared by all heads and
+examples (as in the authors' code). Evaluation always uses a draw fixed at construction, so it is
+deterministic given the seed. Training uses, per ``redraw``:
+  - ``never``: that same fixed draw (the PyTorch LRA harnesses: W drawn at init, never redrawn);
+  - ``every_call``: a fresh draw from ``rngs.attention`` at every training call (the authors' Google
+    JAX ``make_fast_softmax_attention``, redraw_features=True);
+  - ``every_k_steps``: draw number floor(c / k) from ``fold_in(base_key, c // k)``, where c counts this
+    module's training calls (a ``TrainingCalls`` variable in the model state, advanced by 1 per
+    training call; one call per layer per train step) and k = ``redraw_interval`` (lucidrains'
+    Performer wrapper: k = 1000).
+
+Quirk flags (off by default; results can depend on them):
+  - ``double_scale``: the PyTorch LRA harnesses (Nyström, Skyformer) divide q and k by d^(1/4) before
+    calling a kernel that scales by d^(-1/4) again, so the estimated logits are qᵀk / d (quirk A3).
+  - ``key_offset: batch``: their key offset is the max of W k̃ over the whole tensor (every example,
+    head, key and feature; here over real keys), so through ``feature_eps`` and fp32 underflow an
+    example's output depends on its batch mates (quirk A5).
+  - ``legacy_qr_signs``: no sign correction of the QR factors (see above).
+
+Attention-weight dropout (``spec.dropout_rate``) is not applied: no n x n weights are formed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attention.base import AttentionSpec
+
+REDRAW_POLICIES = ("never", "every_call", "every_k_steps")
+ROW_NORMS = ("chi", "sqrt_d")
+KEY_OFFSETS = ("per_example", "batch")
+
+
+class FeatureDraw(nnx.Variable):
+    """A fixed random-feature matrix (a buffer: saved with the model, never trained)."""
+
+
+class TrainingCalls(nnx.Variable):
+    """How many training calls this module has seen (drives ``redraw: every_k_steps``)."""
+
+
+@functools.partial(jax.jit, static_argnames=("num_features", "dim", "orthogonal", "row_norms", "legacy_qr_signs"))
+def draw_random_features(key: jax.Array, num_features: int, dim: int, *, orthogonal: bool = True,
+                         row_norms: str = "chi", legacy_qr_signs: bool = False) -> jax.Array:
+    """W (num_features, dim) in float32: Gaussian orthogonal (or i.i.d.) random features."""
+    block_key, norm_key = jax.random.split(key)
+    if not orthogonal:
+        return jax.random.normal(block_key, (num_features, dim), jnp.float32)
+    num_blocks = -(-num_features // dim)
+    gaussian = jax.random.normal(block_key, (num_blocks, dim, dim), jnp.float32)
+    q, r = jnp.linalg.qr(gaussian)
+    if not legacy_qr_signs:  # Haar-distributed Q: flip each column by the sign of R's diagonal
+        q = q * jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)[:, None, :]
+    directions = jnp.swapaxes(q, -1, -2).reshape(num_blocks * dim, dim)[:num_features]  # rows = Q's columns
+    if row_norms == "chi":
+        norms = jnp.linalg.norm(jax.random.normal(norm_key, (num_features, dim), jnp.float32), axis=-1)
+    elif row_norms == "sqrt_d":
+        norms = jnp.full((num_features,), math.sqrt(dim), jnp.float32)
+    else:
+        raise ValueError(f"attention.row_norms must be one of {ROW_NORMS}, got {row_norms!r}")
+    return directions * norms[:, None]
+
+
+def positive_features(x: jax.Array, w: jax.Array, key_mask: jax.Array | None = None, *,
+                      feature_eps: float = 1e-6, key_offset: str = "per_example") -> jax.Array:
+    """phi(x) (batch, n, heads, m) for already-scaled x (batch, n, heads, d) and W (m, d).
+
+    Queries (``key_mask`` None): offset per (example, position, head). Keys: offset per (example,
+    head) over real keys, padded keys' features exactly 0 (``key_offset: batch``: see the module doc).
+    """
+    m = w.shape[0]
+    projection = jnp.einsum("bnhd,md->bnhm", x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
+    exponent = projection - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    if key_mask is None:
+        offset = jnp.max(exponent, axis=-1, keepdims=True)
+        return (jnp.exp(exponent - jax.lax.stop_gradient(offset)) + feature_eps) * m ** -0.5
+    real = key_mask[:, :, None, None]
+    if key_offset == "per_example":
+        offset = jnp.max(jnp.where(real, exponent, -jnp.inf), axis=(1, 3), keepdims=True)
+    elif key_offset == "batch":
+        offset = jnp.max(jnp.where(real, projection, -jnp.inf), keepdims=True)
+    else:
+        raise ValueError(f"attention.key_offset must be one of {KEY_OFFSETS}, got {key_offset!r}")
+    offset = jax.lax.stop_gradient(jnp.where(jnp.isfinite(offset), offset, 0.0))  # no real key: any value
+    shifted = jnp.where(real, exponent - offset, 0.0)  # padded entries never reach exp with a large value
+    return jnp.where(real, (jnp.exp(shifted) + feature_eps) * m ** -0.5, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("feature_eps", "double_scale", "key_offset"))
+def favor_attention(q, k, v, key_mask, w, *, feature_eps: float = 1e-6, double_scale: bool = False,
+                    key_offset: str = "per_example"):
+    """FAVOR+ (module doc): q, k, v (batch, n, heads, d), W (m, d); returns v's shape in q's dtype."""
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    d = q.shape[-1]
+    scale = d ** -0.5 if double_scale else d ** -0.25
+    phi_q = positive_features(q.astype(dtype) * scale, w, feature_eps=feature_eps)
+    phi_k = positive_features(k.astype(dtype) * scale, w, key_mask, feature_eps=feature_eps,
+                              key_offset=key_offset)
+    kv = jnp.einsum("bkhm,bkhe->bhme", phi_k, v.astype(dtype))
+    numerator = jnp.einsum("bqhm,bhme->bqhe", phi_q, kv)
+    denominator = jnp.einsum("bqhm,bhm->bqh", phi_q, phi_k.sum(axis=1))[..., None]
+    safe = jnp.where(denominator > 0, denominator, 1.0)  # 0 only without real keys; numerator is 0 then
+    return (numerator / safe).astype(q.dtype)
+
+
+class PerformerAttention(nnx.Module):
+    """FAVOR+ with positive orthogonal random features; knobs and quirks in the module docstring."""
+
+    def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, num_features: int = 256,
+                 redraw: str = "every_call", redraw_interval: int = 1000, orthogonal: bool = True,
+                 row_norms: str = "chi", feature_eps: float = 1e-6, double_scale: bool = False,
+                 key_offset: str = "per_example", legacy_qr_signs: bool = False):
+        if redraw not in REDRAW_POLICIES:
+            raise ValueError(f"attention.redraw must be one of {REDRAW_POLICIES}, got {redraw!r}")
+        if redraw == "every_k_steps" and int(redraw_interval) < 1:
+            raise ValueError(f"attention.redraw_interval must be >= 1, got {redraw_interval}")
+        if row_norms not in ROW_NORMS:
+            raise ValueError(f"attention.row_norms must be one of {ROW_NORMS}, got {row_norms!r}")
+        if key_offset not in KEY_OFFSETS:
+            raise ValueError(f"attention.key_offset must be one of {KEY_OFFSETS}, got {key_offset!r}")
+        if int(num_features) < 1:
+            raise ValueError(f"attention.num_features must be >= 1, got {num_features}")
+        self.num_features = int(num_features)
+        self.head_dim = spec.head_dim
+        self.redraw = redraw
+        self.redraw_interval = int(redraw_interval)
+        self.orthogonal = bool(orthogonal)
+        self.row_norms = row_norms
+        self.feature_eps = float(feature_eps)
+        self.double_scale = bool(double_scale)
+        self.key_offset = key_offset
+        self.legacy_qr_signs = bool(legacy_qr_signs)
+        self.rng = rngs.attention.fork()
+        self.fixed_features = FeatureDraw(self.draw(self.rng()))  # evaluation (and redraw: never)
+        self.base_key = nnx.Variable(self.rng())  # every_k_steps: draw p uses fold_in(base_key, p)
+        self.training_calls = TrainingCalls(jnp.zeros((), jnp.int32))
+
+    def draw(self, key: jax.Array) -> jax.Array:
+        return draw_random_features(key, self.num_features, self.head_dim, orthogonal=self.orthogonal,
+                                    row_norms=self.row_norms, legacy_qr_signs=self.legacy_qr_signs)
+
+    def features(self, deterministic: bool) -> jax.Array:
+        """W for this call; a training call advances ``training_calls``."""
+        if deterministic or self.redraw == "never":
+            w = self.fixed_features[...]
+        elif self.redraw == "every_call":
+            w = self.draw(self.rng())
+        else:
+            period = self.training_calls[...] // self.redraw_interval
+            w = self.draw(jax.random.fold_in(self.base_key[...], period))
+        if not deterministic:
+            self.training_calls[...] = self.training_calls[...] + 1
+        return w
+
+    def __call__(self, q, k, v, key_mask, *, deterministic: bool):
+        return favor_attention(q, k, v, key_mask, self.features(deterministic), feature_eps=self.feature_eps,
+                               double_scale=self.double_scale, key_offset=self.key_offset)
