@@ -60,11 +60,13 @@ data: install
 leaderboard: install
 	$(PY) -m lra.leaderboard --results-dir $(RESULTS)
 
+# Tests run in parallel worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
 test: install
-	WANDB_MODE=offline $(PY) -m pytest -q
+	WANDB_MODE=offline $(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 test-slow: install
-	WANDB_MODE=offline $(PY) -m pytest -q -m "slow or not slow"
+	WANDB_MODE=offline $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow"
 
 # Re-resolve the pinned set after editing requirements/base.in.
 lock:

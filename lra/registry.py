@@ -3,6 +3,8 @@
     python -m lra.registry              # list them, with what each needs
     python -m lra.registry --runnable   # comma-separated names runnable here (used by `make sweep`)
 
+An attention YAML may extend another (``defaults: [sikf]``) and name a positional-bias add-on
+(``positional_bias: fastrpb``), which makes a swept combination such as ``sikf+fastrpb``.
 An attention marked ``requires: gpu`` is left out of ``--runnable`` when JAX sees no GPU, and the
 skip is reported on stderr so a sweep never silently drops a row.
 """
@@ -13,26 +15,50 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 ATTENTION_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "attention"
+POSITIONAL_BIAS_CONFIGS = ATTENTION_CONFIGS.parent / "positional_bias"
+
+
+def load_attention_config(name: str, directory: Path = ATTENTION_CONFIGS) -> DictConfig:
+    """One attention YAML as Hydra would compose it: a ``defaults`` list naming other files of the
+    same group (e.g. ``sikf_fastrpb.yaml`` extends ``sikf.yaml``) is merged in order, ``_self_`` last
+    unless placed otherwise."""
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no attention config {path}; registered: {sorted(p.stem for p in directory.glob('*.yaml'))}")
+    config = OmegaConf.load(path)
+    defaults = list(config.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create()
+    for entry in defaults:
+        merged = OmegaConf.merge(merged, config if entry == "_self_" else load_attention_config(entry, directory))
+    return merged
 
 
 def registered_attentions(directory: Path = ATTENTION_CONFIGS) -> dict[str, dict]:
-    """Config-file stem -> {name, requires, target} for every attention YAML."""
+    """Config-file stem -> {name, requires, target, positional_bias} for every attention YAML."""
     found = {}
     for path in sorted(directory.glob("*.yaml")):
-        config = OmegaConf.load(path)
+        config = load_attention_config(path.stem, directory)
         for key in ("name", "_target_"):
             if key not in config:
                 raise ValueError(f"{path}: attention config has no '{key}' key")
-        found[path.stem] = {"name": config.name, "requires": config.get("requires"), "target": config._target_}
+        found[path.stem] = {"name": config.name, "requires": config.get("requires"), "target": config._target_,
+                            "positional_bias": config.get("positional_bias")}
     return found
 
 
-def runnable_attentions(backend: str) -> tuple[list[str], list[str]]:
+def runnable_attentions(backend: str, include_combinations: bool = False) -> tuple[list[str], list[str]]:
+    """(runnable, skipped-for-lack-of-GPU) config names. Combinations (an attention YAML that also
+    names a ``positional_bias`` add-on) are included only on request: they are swept, while the
+    per-attention tests cover the plain attentions and test the add-on separately."""
     runnable, skipped = [], []
     for stem, info in registered_attentions().items():
+        if info["positional_bias"] and not include_combinations:
+            continue
         (skipped if info["requires"] == "gpu" and backend == "cpu" else runnable).append(stem)
     return runnable, skipped
 
@@ -44,13 +70,15 @@ def main(argv=None) -> None:
     if args.runnable:
         import jax
 
-        runnable, skipped = runnable_attentions(jax.default_backend())
+        runnable, skipped = runnable_attentions(jax.default_backend(), include_combinations=True)
         for stem in skipped:
             print(f"sweep: skipping attention '{stem}': it needs a GPU and JAX sees only a CPU", file=sys.stderr)
         print(",".join(runnable))
         return
     for stem, info in registered_attentions().items():
-        print(f"{stem:24s} {info['target']:45s} {'needs ' + info['requires'] if info['requires'] else ''}")
+        extras = [f"+ {info['positional_bias']}" if info["positional_bias"] else "",
+                  f"needs {info['requires']}" if info["requires"] else ""]
+        print(f"{stem:24s} {info['target']:45s} {' '.join(e for e in extras if e)}")
 
 
 if __name__ == "__main__":

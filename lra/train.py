@@ -29,6 +29,7 @@ from lra.atomic_files import atomic_write_text
 from lra.data.tasks import load_task
 from lra.metrics import provenance
 from lra.model import Encoder, count_parameters
+from lra.registry import POSITIONAL_BIAS_CONFIGS
 from lra.results import new_run_id, write_record
 from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
 from lra.training.loop import LoopConfig, train_and_evaluate
@@ -58,10 +59,23 @@ def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
 
 
 def build_positional_bias(cfg: DictConfig):
-    """``+positional_bias=<name>`` -> (name, factory, kwargs); (None, None, None) when absent."""
-    if cfg.get("positional_bias") is None:
-        return None, None, None
-    return build_attention(cfg.positional_bias, kind="positional_bias")
+    """The positional-bias add-on -> (name, factory, kwargs, from_cli); Nones when there is none.
+
+    It comes from ``+positional_bias=<name>`` on the command line or from a registered combination
+    whose attention YAML names one (``positional_bias: fastrpb``); not both.
+    """
+    from_attention = cfg.attention.get("positional_bias")
+    if cfg.get("positional_bias") is not None:
+        if from_attention:
+            raise ConfigError(f"attention '{cfg.attention.name}' already includes positional_bias="
+                              f"{from_attention}; drop +positional_bias or pick the plain attention")
+        return (*build_attention(cfg.positional_bias, kind="positional_bias"), True)
+    if from_attention:
+        path = POSITIONAL_BIAS_CONFIGS / f"{from_attention}.yaml"
+        if not path.exists():
+            raise ConfigError(f"attention.positional_bias={from_attention!r}: no config {path}")
+        return (*build_attention(OmegaConf.load(path), kind="positional_bias"), False)
+    return None, None, None, False
 
 
 def build_model(cfg: DictConfig, vocab_size: int, attention_factory, positional_bias_factory=None) -> Encoder:
@@ -85,8 +99,8 @@ def _run_dir(cfg: DictConfig, run_id: str) -> Path:
 def run(cfg: DictConfig) -> dict:
     """One full run; returns its result record (already written to the results store)."""
     attention_name, attention_factory, attention_kwargs = build_attention(cfg.attention)
-    bias_name, bias_factory, bias_kwargs = build_positional_bias(cfg)
-    if bias_name:  # a bias add-on makes a different model: its own leaderboard row
+    bias_name, bias_factory, bias_kwargs, bias_from_cli = build_positional_bias(cfg)
+    if bias_from_cli:  # a bias add-on makes a different model: its own leaderboard row
         attention_name = f"{attention_name}+{bias_name}"
     run_id = new_run_id(cfg.task.name, attention_name, int(cfg.seed))
     run_dir = _run_dir(cfg, run_id)

@@ -107,3 +107,17 @@ def test_unknown_attention_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "attention/no_such_kernel" in result.stderr and "softmax" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_positional_bias_combinations(compose, tmp_path):
+    """A registered combination and a command-line add-on both train and get their own row name."""
+    plain = run(compose("attention=sikf", f"run_dir={tmp_path / 'plain'}"))
+    combined = run(compose("attention=sikf_fastrpb", f"run_dir={tmp_path / 'combined'}"))
+    added = run(compose("attention=linear", "+positional_bias=fastrpb", f"run_dir={tmp_path / 'added'}"))
+    assert (plain["attention"], combined["attention"], added["attention"]) == ("sikf", "sikf+fastrpb", "linear+fastrpb")
+    assert combined["param_count"] > plain["param_count"]  # the bias coefficients are parameters
+    assert combined["positional_bias_config"] and plain["positional_bias_config"] is None
+    from lra.train import ConfigError
+
+    with pytest.raises(ConfigError, match="already includes positional_bias"):
+        run(compose("attention=sikf_fastrpb", "+positional_bias=fastrpb", f"run_dir={tmp_path / 'twice'}"))

@@ -6,14 +6,14 @@ from flax import nnx
 from omegaconf import OmegaConf
 
 from attention.base import AttentionSpec
-from lra.registry import ATTENTION_CONFIGS, runnable_attentions
+from lra.registry import load_attention_config, runnable_attentions
 from lra.train import build_attention
 
 CPU_ATTENTIONS = runnable_attentions("cpu")[0]
 
 
 def make_attention(config_name: str, spec: AttentionSpec, seed: int = 0, **overrides):
-    config = OmegaConf.load(ATTENTION_CONFIGS / f"{config_name}.yaml")
+    config = load_attention_config(config_name)
     config = OmegaConf.merge(config, overrides)
     _, factory, _ = build_attention(config)
     return factory(spec, rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))

@@ -150,7 +150,7 @@ def test_row_max_quirk_changes_the_selection_under_padding():
     outs = {}
     for quirk in (False, True):
         outs[quirk] = _run(q, k, v, mask, block_size=4, block_per_row=1, approx_mode="sparse",
-                           row_max_over_empty_blocks=quirk)
+                           budget_from="input", row_max_over_empty_blocks=quirk)
         reference = mra_reference(q, k, v, mask, block=4, bpr=1, mode="sparse", rowmax_empty=quirk)
         np.testing.assert_allclose(outs[quirk], reference, rtol=1e-10, atol=1e-12)
     assert np.abs(outs[True] - outs[False]).max() > 1e-3
