@@ -90,5 +90,11 @@ class PositionalBiasFactory(Protocol):
     def __call__(self, spec: AttentionSpec, *, rngs: nnx.Rngs) -> PositionalBias: ...
 
 
+def require_choice(key: str, value, choices) -> None:
+    """Reject a config value outside ``choices`` with an error naming the config key."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {tuple(choices)}, got {value!r}")
+
+
 # Keys of an attention YAML that describe it to the harness and are not constructor arguments.
 HARNESS_KEYS = ("name", "requires", "positional_bias")

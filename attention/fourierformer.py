@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import AttentionSpec
+from attention.base import AttentionSpec, require_choice
 
 R_SHAPES = ("scalar", "per_dim")
 # Finite "minus infinity" for masked log-kernels: every real log-kernel is >= 4 D log(sinc_floor).
@@ -141,8 +141,7 @@ class FourierFormerAttention(nnx.Module):
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, R_init: float = 1.0, R_shape: str = "scalar",
                  sinc_floor: float = 1e-4, eps: float = 0.0):
-        if R_shape not in R_SHAPES:
-            raise ValueError(f"attention.R_shape must be one of {R_SHAPES}, got {R_shape!r}")
+        require_choice("attention.R_shape", R_shape, R_SHAPES)
         if not 0.0 < sinc_floor < 1.0:
             raise ValueError(f"attention.sinc_floor must be in (0, 1), got {sinc_floor}")
         if eps < 0:

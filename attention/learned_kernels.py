@@ -84,7 +84,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import AttentionSpec
+from attention.base import AttentionSpec, require_choice
 
 EVAL_FEATURES = ("fixed", "resample")
 
@@ -270,8 +270,7 @@ class _LearnedKernelAttention(nnx.Module):
 
     def _init_common(self, spec: AttentionSpec, rngs: nnx.Rngs, eps: float, eval_features: str,
                      stabilize: bool = True):
-        if eval_features not in EVAL_FEATURES:
-            raise ValueError(f"attention.eval_features must be one of {EVAL_FEATURES}, got {eval_features!r}")
+        require_choice("attention.eval_features", eval_features, EVAL_FEATURES)
         if not eps > 0:
             raise ValueError(f"attention.eps must be > 0, got {eps}")
         self.num_heads, self.head_dim = spec.num_heads, spec.head_dim

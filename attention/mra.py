@@ -80,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from attention.base import AttentionSpec
+from attention.base import AttentionSpec, require_choice
 
 # Finite "minus infinity": masked logits and missing maxima stay finite (no inf - inf, no NaN grads).
 NEG = -1e30
@@ -261,10 +261,8 @@ def mra_attention(q, k, v, key_mask, *, block_per_row: int = 8, approx_mode: str
     """MRA-2 (``approx_mode="full"``) or MRA-2-s (``"sparse"``) on (B, n, H, d) inputs; see the
     module docstring. ``grid_shape`` (a tuple) switches on the 4 x 8 patch order. Returns q's dtype.
     Jitted with every option static (they fix shapes: k, nb, the layout)."""
-    if approx_mode not in APPROX_MODES:
-        raise ValueError(f"attention.approx_mode must be one of {APPROX_MODES}, got {approx_mode!r}")
-    if budget_from not in BUDGETS:
-        raise ValueError(f"attention.budget_from must be one of {BUDGETS}, got {budget_from!r}")
+    require_choice("attention.approx_mode", approx_mode, APPROX_MODES)
+    require_choice("attention.budget_from", budget_from, BUDGETS)
     batch, length, heads, dim = q.shape
     dtype = jnp.promote_types(q.dtype, jnp.float32)
     layout = dict(block_size=block_size, grid_shape=grid_shape, has_cls=has_cls)
@@ -314,12 +312,9 @@ class MRAAttention(nnx.Module):
                  selection: str = "global", budget_from: str = "real",
                  row_max_over_empty_blocks: bool = False):
         del rngs  # no parameters and no randomness
-        if approx_mode not in APPROX_MODES:
-            raise ValueError(f"attention.approx_mode must be one of {APPROX_MODES}, got {approx_mode!r}")
-        if selection not in SELECTIONS:
-            raise ValueError(f"attention.selection must be one of {SELECTIONS}, got {selection!r}")
-        if budget_from not in BUDGETS:
-            raise ValueError(f"attention.budget_from must be one of {BUDGETS}, got {budget_from!r}")
+        require_choice("attention.approx_mode", approx_mode, APPROX_MODES)
+        require_choice("attention.selection", selection, SELECTIONS)
+        require_choice("attention.budget_from", budget_from, BUDGETS)
         if block_per_row < 1 or block_size < 1:
             raise ValueError(f"attention.block_per_row and block_size must be >= 1, "
                              f"got {block_per_row} and {block_size}")

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import AttentionSpec
+from attention.base import AttentionSpec, require_choice
 from attention.pseudo_inverse import PINV_INITS, iterative_pinv
 from attention.softmax import MASKED_LOGIT, softmax_attention_weights
 
@@ -112,8 +112,7 @@ def nystrom_attention(q, k, v, key_mask, *, num_landmarks: int = 64, pinv_iterat
 
     ``exact_fallback=False`` (for tests) always runs the Nyström formula, even when m >= L.
     """
-    if segment_means not in SEGMENT_MEANS:
-        raise ValueError(f"segment_means must be one of {SEGMENT_MEANS}, got {segment_means!r}")
+    require_choice("attention.segment_means", segment_means, SEGMENT_MEANS)
     dtype = jnp.promote_types(q.dtype, jnp.float32)
     batch, n, heads, dim = q.shape
     m = min(num_landmarks, n)
@@ -169,10 +168,8 @@ class NystromAttention(nnx.Module):
                  conv_kernel_size: int | None = 35, segment_means: str = "real_tokens"):
         if num_landmarks < 1:
             raise ValueError(f"attention.num_landmarks must be >= 1, got {num_landmarks}")
-        if pinv_init not in PINV_INITS:
-            raise ValueError(f"attention.pinv_init must be one of {PINV_INITS}, got {pinv_init!r}")
-        if segment_means not in SEGMENT_MEANS:
-            raise ValueError(f"attention.segment_means must be one of {SEGMENT_MEANS}, got {segment_means!r}")
+        require_choice("attention.pinv_init", pinv_init, PINV_INITS)
+        require_choice("attention.segment_means", segment_means, SEGMENT_MEANS)
         if conv_kernel_size is not None and (conv_kernel_size < 1 or conv_kernel_size % 2 == 0):
             raise ValueError(f"attention.conv_kernel_size must be a positive odd int or null, got {conv_kernel_size}")
         self.num_landmarks = num_landmarks

@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import AttentionSpec
+from attention.base import AttentionSpec, require_choice
 
 REDRAW_POLICIES = ("never", "every_call", "every_k_steps")
 ROW_NORMS = ("chi", "sqrt_d")
@@ -149,14 +149,11 @@ class PerformerAttention(nnx.Module):
                  redraw: str = "every_call", redraw_interval: int = 1000, orthogonal: bool = True,
                  row_norms: str = "chi", feature_eps: float = 1e-6, double_scale: bool = False,
                  key_offset: str = "per_example", legacy_qr_signs: bool = False):
-        if redraw not in REDRAW_POLICIES:
-            raise ValueError(f"attention.redraw must be one of {REDRAW_POLICIES}, got {redraw!r}")
+        require_choice("attention.redraw", redraw, REDRAW_POLICIES)
         if redraw == "every_k_steps" and int(redraw_interval) < 1:
             raise ValueError(f"attention.redraw_interval must be >= 1, got {redraw_interval}")
-        if row_norms not in ROW_NORMS:
-            raise ValueError(f"attention.row_norms must be one of {ROW_NORMS}, got {row_norms!r}")
-        if key_offset not in KEY_OFFSETS:
-            raise ValueError(f"attention.key_offset must be one of {KEY_OFFSETS}, got {key_offset!r}")
+        require_choice("attention.row_norms", row_norms, ROW_NORMS)
+        require_choice("attention.key_offset", key_offset, KEY_OFFSETS)
         if int(num_features) < 1:
             raise ValueError(f"attention.num_features must be >= 1, got {num_features}")
         self.num_features = int(num_features)

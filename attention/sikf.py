@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import AttentionSpec
+from attention.base import AttentionSpec, require_choice
 
 OFFSETS = ("max", "mean")
 
@@ -76,8 +76,7 @@ class SIKFAttention(nnx.Module):
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, eps: float = 1e-6, offset: str = "max"):
         del spec, rngs  # no parameters and no randomness
-        if offset not in OFFSETS:
-            raise ValueError(f"attention.offset must be one of {OFFSETS}, got {offset!r}")
+        require_choice("attention.offset", offset, OFFSETS)
         self.eps, self.offset = eps, offset
 
     def __call__(self, q, k, v, key_mask, *, deterministic: bool):

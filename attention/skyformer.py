@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import AttentionSpec
+from attention.base import AttentionSpec, require_choice
 from attention.pseudo_inverse import PINV_INITS, iterative_pinv
 
 EVAL_LANDMARKS = ("fixed", "resample")
@@ -179,8 +179,7 @@ def skyformer_attention(q, k, v, key_mask, query_landmarks, key_landmarks, *, ga
 
     Returns q's dtype; computed in at least fp32. O(n m) memory: C~ is never formed.
     """
-    if inverse not in INVERSES:
-        raise ValueError(f"inverse must be one of {INVERSES}, got {inverse!r}")
+    require_choice("attention.inverse", inverse, INVERSES)
     q_hat = scale_and_mask(q, key_mask)
     k_hat = scale_and_mask(k, key_mask)
     values = jnp.where(key_mask[:, :, None, None], v.astype(q_hat.dtype), 0.0)
@@ -209,12 +208,9 @@ class SkyformerAttention(nnx.Module):
         del spec  # no parameters; works for any length and head_dim
         if num_landmarks < 2:
             raise ValueError(f"skyformer needs num_landmarks >= 2 (half queries, half keys), got {num_landmarks}")
-        if pinv_init not in PINV_INITS:
-            raise ValueError(f"pinv_init must be one of {PINV_INITS}, got {pinv_init!r}")
-        if eval_landmarks not in EVAL_LANDMARKS:
-            raise ValueError(f"eval_landmarks must be one of {EVAL_LANDMARKS}, got {eval_landmarks!r}")
-        if inverse not in INVERSES:
-            raise ValueError(f"inverse must be one of {INVERSES}, got {inverse!r}")
+        require_choice("attention.pinv_init", pinv_init, PINV_INITS)
+        require_choice("attention.eval_landmarks", eval_landmarks, EVAL_LANDMARKS)
+        require_choice("attention.inverse", inverse, INVERSES)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.num_landmarks, self.gamma = num_landmarks, gamma
