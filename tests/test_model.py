@@ -127,7 +127,7 @@ class ScaledValueBias(nnx.Module):
 def test_positional_bias_hook_is_added_per_layer_and_keeps_padding_invariance():
     plain = tiny_encoder(pooling="mean")
     biased = tiny_encoder(pooling="mean", positional_bias=ScaledValueBias)
-    assert sum(isinstance(m, ScaledValueBias) for _, m in biased.iter_modules()) == 2  # one per layer
+    assert sum(isinstance(m, ScaledValueBias) for _, m in nnx.iter_modules(biased)) == 2  # one per layer
     real = np.random.default_rng(6).integers(1, 17, (2, 17))
     a = np.asarray(plain(padded_tokens(real, 17), deterministic=True))
     b = np.asarray(biased(padded_tokens(real, 17), deterministic=True))
