@@ -79,7 +79,8 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(results_dir: str | Path) -> tuple[Path, str]:
+def write_leaderboard(results_dir: str | Path) -> tuple[Path, str, pd.DataFrame]:
+    """Write leaderboard.md; returns (its path, its text, the leaderboard frame)."""
     results_dir = Path(results_dir)
     frame = leaderboard_frame(read_table(results_dir))
     text = ("# Leaderboard\n\nTest accuracy in %, mean ± std over seeds (n = seed count). "
@@ -87,15 +88,14 @@ def write_leaderboard(results_dir: str | Path) -> tuple[Path, str]:
             f"Built from `{results_dir / 'results.csv'}`.\n\n" + to_markdown(frame))
     path = results_dir / LEADERBOARD_FILE
     atomic_write_text(path, text)
-    return path, text
+    return path, text, frame
 
 
 def print_leaderboard(results_dir: str | Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    path, _ = write_leaderboard(results_dir)
-    frame = leaderboard_frame(read_table(results_dir))
+    path, _, frame = write_leaderboard(results_dir)
     table = Table(title=f"LRA leaderboard ({path})")
     for column in frame.columns:
         table.add_column(str(column))

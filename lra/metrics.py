@@ -32,9 +32,7 @@ def compiled_memory(compiled) -> dict[str, int | None]:
 
 
 def compiled_flops(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list):  # older jax returned one dict per computation
-        cost = cost[0] if cost else None
+    cost = compiled.cost_analysis()  # a dict since jax 0.4.38
     if not cost or "flops" not in cost:
         return None
     return float(cost["flops"])

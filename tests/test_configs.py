@@ -26,7 +26,7 @@ def test_every_protocol_task_pair_composes_completely(protocol, task):
         assert section in cfg, section
     for key in ("emb_dim", "num_heads", "qkv_dim", "mlp_dim", "num_layers", "pooling", "pos_emb", "dtype"):
         assert cfg.model[key] is not None, key
-    assert cfg.train.eval_every % 1 == 0 and cfg.train.steps > 0
+    assert cfg.train.steps > 0 and 0 < cfg.train.log_every <= cfg.train.eval_every <= cfg.train.steps
     assert cfg.paths.results_dir.endswith(protocol)
 
 
