@@ -76,7 +76,8 @@ def test_parameter_rule(official):
 
 
 def test_rows_sorted_complete_first_then_by_average(official):
-    assert list(official[0]) == ["softmax", "linear", "wide", "performer"]
+    assert list(official[0]) == ["softmax", "linear", "wide", "performer", "unstable"]
+    assert official[0]["unstable"]["average"] == "—" and official[0]["unstable"]["listops"] == "diverged (1 of 1)"
 
 
 def test_ratios_need_the_same_device_and_protocol(tmp_path, results_root):
@@ -123,7 +124,7 @@ def test_combined_leaderboard_spans_protocols_and_skips_bench(results_root):
     path, text, frame = write_combined_leaderboard(results_root, plots=False)
     assert path == results_root / LEADERBOARD_FILE
     assert sorted(set(frame["protocol"])) == ["lra_official", "pytorch_lineage"]
-    assert len(frame) == 5 and "bench" not in text
+    assert len(frame) == 6 and "bench" not in text
     assert (results_root / "pytorch_lineage" / LEADERBOARD_FILE).exists()
 
 

@@ -38,7 +38,7 @@ def notes(rows: list[Row], source: str) -> str:
 
 def leaderboard_markdown(results: pd.DataFrame, rows: list[Row], source: str, plots: list[str] = ()) -> str:
     text = ["# LRA leaderboard\n\n", notes(rows, source), "\n", markdown_table(leaderboard_frame(results, rows))]
-    text += ["\n## Test accuracy at the other checkpoint\n",
+    text += ["\n## Test accuracy at the other checkpoint\n\n",
              "Each protocol reports one checkpoint (above); this is the other one, for comparison.\n\n",
              markdown_table(other_checkpoint_frame(rows))]
     if plots:

@@ -1,0 +1,53 @@
+"""The new-kernel workflow, exactly as docs/new_kernel.md tells a user to do it.
+
+A kernel lives outside the harness (tests/user_kernel/: one module, one YAML under attention/).
+`make sweep ... KERNEL_DIR=tests/user_kernel` trains it beside softmax on tiny ListOps, and the
+leaderboard the sweep prints ranks both and checks the LRA parameter rule.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lra.registry import registered_attentions, runnable_attentions
+from tests.conftest import REPO, TINY_OVERRIDES
+
+KERNEL_DIR = Path(__file__).parent / "user_kernel"
+
+
+def test_registry_finds_the_users_kernel(monkeypatch):
+    assert "my_kernel" not in registered_attentions()
+    monkeypatch.setenv("LRA_KERNEL_DIR", str(KERNEL_DIR))
+    found = registered_attentions()
+    assert found["my_kernel"]["target"] == "my_kernel.ReluTemperatureAttention" and "softmax" in found
+    assert "my_kernel" in runnable_attentions("cpu")[0]
+
+
+def test_make_sweep_ranks_the_users_kernel_against_softmax(tmp_path):
+    venv = Path(sys.executable).parents[1]
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("protocol=")] + [
+        f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    command = ["make", "--no-print-directory", "-o", "install", "sweep", f"VENV={venv}", f"PY={sys.executable}",
+               "TASK=listops", "PRESET=smoke", "ATTENTION=my_kernel,softmax", f"KERNEL_DIR={KERNEL_DIR}",
+               "ARGS=" + " ".join(overrides)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")} | {"WANDB_MODE": "offline"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "seeds=0" in result.stdout  # the smoke preset sweeps one seed by default
+    assert "LRA leaderboard" in result.stdout  # printed by the multirun-end callback
+
+    leaderboard = (tmp_path / "results" / "leaderboard.md").read_text().split("## Test accuracy at the other")[0]
+    lines = {line.split("|")[2].strip(): line for line in leaderboard.splitlines() if line.startswith("| smoke |")}
+    assert {"my_kernel", "softmax"} <= set(lines)
+    header = next(line for line in leaderboard.splitlines() if line.startswith("| protocol"))
+    column = [c.strip() for c in header.split("|")].index("params vs softmax")
+    rule = lines["my_kernel"].split("|")[column].strip()
+    # one learned temperature per head per layer: a handful of parameters more than softmax, within 10 %
+    assert rule.startswith("1.00") and rule.endswith("(ok)"), rule
+    assert lines["softmax"].split("|")[column].strip() == "1.00× (ok)"
+    page = (tmp_path / "results" / "leaderboard.html").read_text()
+    assert 'data-row="smoke/my_kernel"' in page and 'data-row="smoke/softmax"' in page
