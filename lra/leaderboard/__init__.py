@@ -117,9 +117,12 @@ def main(argv=None) -> None:
     where.add_argument("--root", help="a folder of protocol folders (results/): all of them + the combined page")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     args = parser.parse_args(argv)
-    if args.results_dir:
-        path, _, frame = write_leaderboard(args.results_dir, plots=not args.no_plots)
-    else:
-        path, _, frame = write_combined_leaderboard(args.root or "results", plots=not args.no_plots)
+    try:
+        if args.results_dir:
+            path, _, frame = write_leaderboard(args.results_dir, plots=not args.no_plots)
+        else:
+            path, _, frame = write_combined_leaderboard(args.root or "results", plots=not args.no_plots)
+    except FileNotFoundError as error:
+        raise SystemExit(f"leaderboard: {error}") from None
     print_leaderboard(path, frame)
     print(f"written: {path} and {path.with_name(HTML_FILE)}")
