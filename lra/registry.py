@@ -25,10 +25,12 @@ ATTENTION_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "attention
 POSITIONAL_BIAS_CONFIGS = ATTENTION_CONFIGS.parent / "positional_bias"
 
 
-def load_attention_config(name: str, directory: Path = ATTENTION_CONFIGS) -> DictConfig:
+def load_attention_config(name: str, directory: Path | None = None) -> DictConfig:
     """One attention YAML as Hydra would compose it: a ``defaults`` list naming other files of the
     same group (e.g. ``sikf_fastrpb.yaml`` extends ``sikf.yaml``) is merged in order, ``_self_`` last
-    unless placed otherwise."""
+    unless placed otherwise. Without ``directory``: configs/attention/, then the user's LRA_KERNEL_DIR."""
+    if directory is None:
+        directory = next((d for d in attention_config_dirs() if (d / f"{name}.yaml").exists()), ATTENTION_CONFIGS)
     path = directory / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no attention config {path}; registered: {sorted(p.stem for p in directory.glob('*.yaml'))}")
