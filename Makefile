@@ -89,7 +89,7 @@ browser:
 		echo "make browser: /usr/bin/chromium is missing; install Debian's chromium package as root" >&2; exit 1; fi; \
 	command -v apt-get >/dev/null || { echo "make browser: no apt-get; install Chromium and set LRA_CHROMIUM" >&2; exit 1; }; \
 	echo "make browser: installing Debian's chromium"; \
-	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 # Tests run in parallel worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto

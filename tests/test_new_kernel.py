@@ -72,3 +72,21 @@ def test_make_sweep_ranks_the_users_kernel_against_softmax(tmp_path):
     assert records["my_kernel"]["attention_config"] == {"eps": 1e-6}
     page = (tmp_path / "results" / "leaderboard.html").read_text()
     assert 'data-row="smoke/my_kernel"' in page and 'data-row="smoke/softmax"' in page
+
+
+def _make_dry_run(*variables: str) -> str:
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-o", "install", "sweep", *variables], cwd=REPO,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MAKE")},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_sweep_seeds_tasks_and_launcher_names():
+    command = _make_dry_run("TASK=listops,text", "ATTENTION=softmax,linear", "LAUNCHER=submitit_local")
+    assert "task=listops,text" in command and "attention=$attentions" in command
+    assert "seed=0,1,2" in command  # SEEDS defaults to 3 outside the smoke preset
+    assert "hydra/launcher=local_parallel" in command  # the name, our tuned config
+    assert "hydra/launcher=slurm" in _make_dry_run("LAUNCHER=submitit_slurm", "ATTENTION=softmax")
+    smoke = _make_dry_run("PRESET=smoke", "ATTENTION=softmax")
+    assert "seed=0 " in smoke and "hydra/launcher=basic" in smoke and "hydra.searchpath" not in smoke
