@@ -41,6 +41,7 @@ class Cell:
     std: float | None
     seeds: int
     diverged: int
+    diverged_at: tuple[int, ...] = ()    # the steps at which those runs diverged, where recorded
 
     @property
     def missing(self) -> bool:
@@ -49,10 +50,11 @@ class Cell:
     def text(self) -> str:
         if self.missing:
             return MISSING
+        steps = f" at step {', '.join(map(str, self.diverged_at))}" if self.diverged_at else ""
         if self.seeds == 0:
-            return f"diverged ({self.diverged} of {self.diverged})"
+            return f"diverged ({self.diverged} of {self.diverged}{',' + steps if steps else ''})"
         spread = f" ± {self.std:.2f}" if self.seeds > 1 else ""
-        note = f", {self.diverged} diverged" if self.diverged else ""
+        note = f", {self.diverged} diverged{steps}" if self.diverged else ""
         return f"{self.mean:.2f}{spread} (n={self.seeds}{note})"
 
 
@@ -112,10 +114,11 @@ def _with_defaults(results: pd.DataFrame) -> pd.DataFrame:
 
 def _cell(runs: pd.DataFrame, column: str) -> Cell:
     ok = runs[runs["status"] != "diverged"][column].dropna() * 100.0
-    diverged = int((runs["status"] == "diverged").sum())
+    failed = runs[runs["status"] == "diverged"]
+    steps = tuple(sorted(int(s) for s in failed["diverged_at_step"].dropna())) if "diverged_at_step" in failed else ()
     if ok.empty:
-        return Cell(None, None, 0, diverged)
-    return Cell(float(ok.mean()), float(ok.std(ddof=1)) if len(ok) > 1 else None, len(ok), diverged)
+        return Cell(None, None, 0, len(failed), steps)
+    return Cell(float(ok.mean()), float(ok.std(ddof=1)) if len(ok) > 1 else None, len(ok), len(failed), steps)
 
 
 def _ratios(results: pd.DataFrame, column: str, keys: list[str], invert: bool) -> dict:
