@@ -35,7 +35,7 @@ import yaml
 
 from lra.atomic_files import atomic_write_text
 from lra.leaderboard.markdown import markdown_table
-from lra.leaderboard.table import CHECKPOINT_COLUMNS
+from lra.leaderboard.table import CHECKPOINT_COLUMNS, MISSING
 from lra.registry import registered_attentions
 from lra.results import read_records
 
@@ -44,11 +44,10 @@ PUBLISHED = REPO / "results" / "published"
 TABLES_FILE = PUBLISHED / "tables.yaml"
 TASK_CONFIGS = REPO / "configs" / "task"
 HPARAMS = REPO / "configs" / "hparams"
-MISSING = "—"
 
 
 @dataclasses.dataclass
-class Cell:
+class ComparedCell:
     model: str
     attention: str | None
     task: str                      # our task name
@@ -115,7 +114,7 @@ def _matching(records: list[dict], spec: dict, attention: str, task: str) -> lis
 
 
 def collect(spec: dict, published: pd.DataFrame, records: list[dict], tasks_here: set[str],
-            attentions_here: set[str]) -> list[Cell]:
+            attentions_here: set[str]) -> list[ComparedCell]:
     """Every (paper row, task column) cell with what the records hold for it."""
     cells = []
     for _, row in published.iterrows():
@@ -124,7 +123,7 @@ def collect(spec: dict, published: pd.DataFrame, records: list[dict], tasks_here
             continue
         attention = spec["models"][model]
         for column, task in spec["tasks"].items():
-            cell = Cell(model, attention, task, _number(row[column]), row[column] or MISSING, [], "missing")
+            cell = ComparedCell(model, attention, task, _number(row[column]), row[column] or MISSING, [], "missing")
             if attention is None:
                 cell.status = "not implemented"
             elif attention not in attentions_here:
@@ -149,10 +148,10 @@ def collect(spec: dict, published: pd.DataFrame, records: list[dict], tasks_here
     return cells
 
 
-def _average_cell(model: str, attention: str | None, published: str, cells: list[Cell]) -> Cell:
+def _average_cell(model: str, attention: str | None, published: str, cells: list[ComparedCell]) -> ComparedCell:
     """The paper's average column: ours is measured only when every averaged task is; its spread comes
     from per-seed averages over the seeds that every task has."""
-    cell = Cell(model, attention, "avg", _number(published), published or MISSING, [], "missing")
+    cell = ComparedCell(model, attention, "avg", _number(published), published or MISSING, [], "missing")
     if attention is None:
         cell.status = "not implemented"
     elif all(c.accuracies for c in cells):
@@ -164,7 +163,7 @@ def _average_cell(model: str, attention: str | None, published: str, cells: list
     return cell
 
 
-def missing_runs(spec: dict, cells: list[Cell], records: list[dict]) -> dict[str, dict[str, list[int]]]:
+def missing_runs(spec: dict, cells: list[ComparedCell], records: list[dict]) -> dict[str, dict[str, list[int]]]:
     """task -> attention -> seeds still to run (seeds 0..seeds-1 without a matching record)."""
     plan: dict[str, dict[str, list[int]]] = {}
     for cell in cells:
@@ -192,7 +191,7 @@ def sweep_commands(spec: dict, plan: dict[str, dict[str, list[int]]], extra: lis
     return commands
 
 
-def comparison_frame(cells: list[Cell], spread: float) -> pd.DataFrame:
+def comparison_frame(cells: list[ComparedCell], spread: float) -> pd.DataFrame:
     def fmt(value, pattern="{:.2f}"):
         return MISSING if value is None else pattern.format(value)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 
+import pandas as pd
 import pytest
 
 from lra.leaderboard import HTML_FILE, leaderboard_rows, write_combined_leaderboard
+from lra.results import read_table
 from tests.leaderboard_records import build_results_root
 
 CHROMIUM = os.environ.get("LRA_CHROMIUM", "/usr/bin/chromium")
@@ -26,9 +28,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 def board(tmp_path_factory):
     root = build_results_root(tmp_path_factory.mktemp("results"))
     _, _, frame = write_combined_leaderboard(root, plots=False)
-    from lra.results import read_table
-    import pandas as pd
-
     results = pd.concat([read_table(root / p) for p in ("lra_official", "pytorch_lineage")])
     return root / HTML_FILE, frame, leaderboard_rows(results)
 
