@@ -16,11 +16,12 @@ LINEAR_LISTOPS = [
     (0, 0.36, 0.37, 0.10, 1_000_000),
     (1, 0.38, 0.35, 0.14, 1_000_000),
 ]
+SMALL_MODEL = {"emb_dim": 32, "qkv_dim": 32, "mlp_dim": 64, "num_layers": 2}
 PERFORMER_LISTOPS = [(0, 0.30, 0.30), (1, 0.32, 0.30), (2, 0.31, 0.90)]  # seed, final, step_time
 
 
 def build_results_root(root: Path) -> Path:
-    """results/-like folder: lra_official (softmax, linear, performer, wide, unstable), pytorch_lineage (linear),
+    """results/-like folder: lra_official (softmax, linear, performer, wide, deep, unstable), pytorch_lineage (linear),
     and a results/bench folder that the leaderboard must ignore."""
     official, lineage = root / "lra_official", root / "pytorch_lineage"
     n = 0
@@ -33,7 +34,7 @@ def build_results_root(root: Path) -> Path:
     for attention, runs, params in (("softmax", SOFTMAX_LISTOPS, 1000), ("linear", LINEAR_LISTOPS, 1050)):
         for seed, final, best, step, nbytes in runs:
             add(official, attention=attention, seed=seed, final=final, best_val=best, step_time=step,
-                xla_bytes=nbytes, params=params)
+                xla_bytes=nbytes, params=params, model_config=SMALL_MODEL)
     # a diverged linear seed: left out of the mean, counted apart
     add(official, attention="linear", seed=2, final=0.10, best_val=0.10, step_time=0.12, xla_bytes=1_000_000,
         params=1050, status="diverged", diverged_at_step=40)
@@ -48,6 +49,9 @@ def build_results_root(root: Path) -> Path:
     add(official, attention="wide", final=0.50, best_val=0.50, step_time=0.35, xla_bytes=5_000_000, params=1200)
     add(official, task="text", attention="wide", final=0.10, best_val=0.10, status="diverged",
         diverged_at_step=7, params=2000)
+    # same parameter count, but a deeper, narrower model: also against the rule
+    add(official, attention="deep", final=0.45, best_val=0.45, step_time=0.25, xla_bytes=4_000_000, params=1000,
+        model_config={"emb_dim": 16, "qkv_dim": 16, "mlp_dim": 32, "num_layers": 4})
     # every run diverged: no accuracy and no average at all
     add(official, attention="unstable", final=0.10, best_val=0.10, status="diverged", diverged_at_step=3, params=1000)
     # another protocol, reporting best-validation accuracy, with no softmax baseline

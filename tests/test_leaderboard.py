@@ -73,10 +73,12 @@ def test_parameter_rule(official):
     assert rows["linear"]["params vs softmax"] == "1.05× (ok)"
     assert rows["wide"]["params vs softmax"] == "1.20× (over the 10% limit)"
     assert rows["linear"]["params"] == "1,050–2,100"
+    assert rows["deep"]["params vs softmax"] == "1.00× (emb_dim, qkv_dim, mlp_dim, num_layers differ from softmax)"
+    assert rows["performer"]["params vs softmax"] == "1.00× (ok)"  # no model_config recorded: sizes not compared
 
 
 def test_rows_sorted_complete_first_then_by_average(official):
-    assert list(official[0]) == ["softmax", "linear", "wide", "performer", "unstable"]
+    assert list(official[0]) == ["softmax", "linear", "wide", "deep", "performer", "unstable"]
     assert official[0]["unstable"]["average"] == "—" and official[0]["unstable"]["listops"] == "diverged (1 of 1, at step 3)"
 
 
@@ -124,7 +126,7 @@ def test_combined_leaderboard_spans_protocols_and_skips_bench(results_root):
     path, text, frame = write_combined_leaderboard(results_root, plots=False)
     assert path == results_root / LEADERBOARD_FILE
     assert sorted(set(frame["protocol"])) == ["lra_official", "pytorch_lineage"]
-    assert len(frame) == 6 and "bench" not in text
+    assert len(frame) == 7 and "bench" not in text
     assert (results_root / "pytorch_lineage" / LEADERBOARD_FILE).exists()
 
 

@@ -33,7 +33,8 @@ def notes(rows: list[Row], source: str) -> str:
         "time (higher is faster). Memory = XLA's compiled train-step memory / softmax's; peak memory = the "
         "device allocator's peak / softmax's (GPU only).\n"
         f"- Parameters vs `{BASELINE}`: the largest per-task ratio; the LRA rule allows at most "
-        f"{PARAMETER_RULE - 1:.0%} more parameters than the baseline Transformer.\n")
+        f"{PARAMETER_RULE - 1:.0%} more parameters than the baseline Transformer and the same embedding "
+        "size, hidden sizes and depth (checked against the recorded model config).\n")
 
 
 def leaderboard_markdown(results: pd.DataFrame, rows: list[Row], source: str, plots: list[str] = ()) -> str:

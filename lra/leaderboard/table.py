@@ -16,12 +16,14 @@ Rules (LRA, Tay et al. 2021, and the LRA README's apples-to-apples rule):
   this step time (higher is faster); memory = this / softmax for XLA's compiled train-step memory
   and for the device allocator's peak (GPU only).
 - Parameters: the LRA rule allows a model at most 10 % more parameters than the baseline
-  Transformer of the same task; the ratio to softmax is taken per task and its maximum is checked.
+  Transformer of the same task, with the same embedding size, hidden sizes and depth; the ratio to
+  softmax is taken per task and its maximum is checked, and so are those sizes (``model_config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,7 @@ import pandas as pd
 TASK_ORDER = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 BASELINE = "softmax"
 PARAMETER_RULE = 1.10  # LRA README: "at most 10% larger in parameters than the base Transformer"
+FIXED_SIZES = ("emb_dim", "qkv_dim", "mlp_dim", "num_layers")  # LRA README: these may not change
 CHECKPOINT_COLUMNS = {"final": "test_accuracy_final", "best_val": "test_accuracy_best_val"}
 MISSING = "—"
 
@@ -72,6 +75,7 @@ class Row:
     peak_memory: float | None = None     # device peak memory / softmax's (GPU)
     params: tuple[int, int] | None = None  # (min, max) over tasks
     param_ratio: float | None = None     # max over tasks of params / softmax's params
+    changed_sizes: tuple[str, ...] = ()  # FIXED_SIZES keys whose value differs from softmax's model
     runs: int = 0
     diverged: int = 0
 
@@ -86,7 +90,9 @@ class Row:
 
     @property
     def param_rule_ok(self) -> bool | None:
-        return None if self.param_ratio is None else self.param_ratio <= PARAMETER_RULE + 1e-9
+        if self.param_ratio is None:
+            return None
+        return self.param_ratio <= PARAMETER_RULE + 1e-9 and not self.changed_sizes
 
 
 def ordered_tasks(tasks) -> list[str]:
@@ -135,6 +141,23 @@ def _ratios(results: pd.DataFrame, column: str, keys: list[str], invert: bool) -
     return ratios
 
 
+def _changed_sizes(results: pd.DataFrame) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(protocol, attention) -> the FIXED_SIZES that differ from softmax's model on some task."""
+    if "model_config" not in results:
+        return {}
+    sizes = {}
+    for (protocol, task, attention), runs in results.groupby(["protocol", "task", "attention"]):
+        configs = [json.loads(c) for c in runs["model_config"].dropna() if isinstance(c, str)]
+        sizes[(protocol, task, attention)] = {k: {c.get(k) for c in configs} for k in FIXED_SIZES}
+    changed: dict[tuple[str, str], set[str]] = {}
+    for (protocol, task, attention), values in sizes.items():
+        baseline = sizes.get((protocol, task, BASELINE))
+        if baseline is not None:
+            differ = {k for k in FIXED_SIZES if values[k] and baseline[k] and values[k] != baseline[k]}
+            changed.setdefault((protocol, attention), set()).update(differ)
+    return {key: tuple(k for k in FIXED_SIZES if k in keys) for key, keys in changed.items()}
+
+
 def leaderboard_rows(results: pd.DataFrame) -> list[Row]:
     """Every (protocol, attention) of the results table as a Row, sorted by protocol then average."""
     results = _with_defaults(results)
@@ -143,6 +166,7 @@ def leaderboard_rows(results: pd.DataFrame) -> list[Row]:
     memory = _ratios(results, "xla_step_bytes", per_task, invert=False)
     peak = _ratios(results, "device_peak_bytes", per_task, invert=False)
     params = _ratios(results, "param_count", ["protocol", "task"], invert=False)
+    changed_sizes = _changed_sizes(results)
     rows = []
     for protocol, runs_of_protocol in results.groupby("protocol", sort=True):
         tasks = ordered_tasks(runs_of_protocol["task"])
@@ -165,6 +189,7 @@ def leaderboard_rows(results: pd.DataFrame) -> list[Row]:
                 row.peak_memory = float(np.mean(peak[key]))
             if key in params:
                 row.param_ratio = float(np.max(params[key]))
+                row.changed_sizes = changed_sizes.get(key, ())
             rows.append(row)
     return sorted(rows, key=lambda r: (r.protocol, -(r.average_tasks), -(r.average or -1.0), r.attention))
 
@@ -184,7 +209,9 @@ def average_text(row: Row) -> str:
 def param_rule_text(row: Row) -> str:
     if row.param_ratio is None:
         return MISSING
-    verdict = "ok" if row.param_rule_ok else f"over the {PARAMETER_RULE - 1:.0%} limit"
+    problems = ([f"over the {PARAMETER_RULE - 1:.0%} limit"] if row.param_ratio > PARAMETER_RULE + 1e-9 else []) + (
+        [f"{', '.join(row.changed_sizes)} differ from softmax"] if row.changed_sizes else [])
+    verdict = "; ".join(problems) or "ok"
     return f"{row.param_ratio:.2f}× ({verdict})"
 
 
