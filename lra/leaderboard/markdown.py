@@ -31,7 +31,8 @@ def notes(rows: list[Row], source: str) -> str:
         f"- Speed and memory: ratios to `{BASELINE}` of the same protocol, task and device (medians over "
         "seeds), per task and then averaged over the tasks both ran. Speed = softmax step time / this step "
         "time (higher is faster). Memory = XLA's compiled train-step memory / softmax's; peak memory = the "
-        "device allocator's peak / softmax's (GPU only).\n"
+        "device allocator's peak / softmax's (GPU only; the allocator's peak is a running maximum over the "
+        "process, so it is per run only with one run per process, e.g. LAUNCHER=submitit_local).\n"
         f"- Parameters vs `{BASELINE}`: the largest per-task ratio; the LRA rule allows at most "
         f"{PARAMETER_RULE - 1:.0%} more parameters than the baseline Transformer and the same embedding "
         "size, hidden sizes and depth (checked against the recorded model config).\n")
