@@ -234,7 +234,7 @@ def reproduce(table: str, results_root: Path = REPO / "results", *, reuse_only: 
         cells = collect(spec, published, records, tasks_here, attentions_here)
     frame = comparison_frame(cells, spread)
     if not dry_run:
-        write_comparison(frame, results_dir, table, spec, spread)
+        echo(f"written: {write_comparison(frame, results_dir, table, spec, spread)} (and .csv)")
     return frame, commands
 
 
