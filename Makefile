@@ -8,30 +8,48 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CUDA=12 installs the GPU build of jax (requirements/cuda.txt) into the venv.
 CUDA ?=
+# Comma-separated task names; a sweep runs every attention x task x seed.
 TASK ?= listops
 # smoke | lra_official | pytorch_lineage
 PRESET ?= lra_official
 # Comma-separated attention config names; empty = every registered attention runnable here.
 ATTENTION ?=
-# Seeds 0..SEEDS-1.
-SEEDS ?= 1
+# Seeds 0..SEEDS-1: 3 (mean ± std on the leaderboard), 1 for the smoke preset (its numbers mean nothing).
+SEEDS ?= $(if $(filter smoke,$(PRESET)),1,3)
 # Hydra launcher: basic (runs in turn, in this process) | submitit_local (parallel local jobs)
-# | submitit_slurm (a SLURM cluster; see README).
+# | submitit_slurm (a SLURM cluster). They select configs/hydra/launcher/{local_parallel,slurm}.yaml,
+# which extend the submitit plugin's configs of those names (docs/leaderboard.md).
 LAUNCHER ?= basic
+LAUNCHER_CONFIG_submitit_local := local_parallel
+LAUNCHER_CONFIG_submitit_slurm := slurm
+LAUNCHER_CONFIG = $(or $(LAUNCHER_CONFIG_$(LAUNCHER)),$(LAUNCHER))
+# A folder with your own attention(s): <dir>/attention/<name>.yaml and the Python module its
+# _target_ names (importable from <dir>). See docs/new_kernel.md.
+KERNEL_DIR ?=
+KERNEL_ENV = $(if $(KERNEL_DIR),LRA_KERNEL_DIR=$(abspath $(KERNEL_DIR)) PYTHONPATH=$(abspath $(KERNEL_DIR))$${PYTHONPATH:+:$$PYTHONPATH})
+KERNEL_ARGS = $(if $(KERNEL_DIR),'hydra.searchpath=[file://$(abspath $(KERNEL_DIR))]')
 # Extra Hydra overrides, e.g. ARGS="train.steps=100 logger=csv".
 ARGS ?=
-RESULTS ?= results/$(PRESET)
+# make leaderboard: empty = every protocol under results/ plus the combined page; or one folder.
+RESULTS ?=
+# make reproduce: a published table (python -m lra.reproduce --list) and extra flags (--dry-run, --reuse-only).
+TABLE ?= lra_table1
+REPRODUCE_ARGS ?=
 
 SEED_LIST = $(shell seq -s, 0 $$(( $(SEEDS) - 1 )))
 
-.PHONY: help install sweep run data leaderboard test test-slow lock clean
+.PHONY: help install sweep run data leaderboard reproduce browser test test-slow lock clean
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
 	@echo "make sweep TASK=listops                the official LRA protocol (meant for a GPU)"
 	@echo "make run TASK=listops ATTENTION=linear PRESET=smoke   one run"
 	@echo "make data TASK=listops [PRESET=...]    prepare the task's token cache only"
-	@echo "make leaderboard [PRESET=...]          rebuild and print results/<preset>/leaderboard.md"
+	@echo "make sweep TASK=listops,text ATTENTION=softmax,linear SEEDS=3 LAUNCHER=submitit_local"
+	@echo "make sweep TASK=listops ATTENTION=my_kernel,softmax KERNEL_DIR=path/to/my_kernels   your own attention"
+	@echo "make leaderboard [RESULTS=results/smoke]   rebuild results/*/leaderboard.{md,html} + plots, results/leaderboard.*"
+	@echo "make reproduce TABLE=lra_table1|skyformer_table1 [REPRODUCE_ARGS=--dry-run]   measured vs published"
+	@echo "make browser                           install Debian's chromium for the leaderboard page test"
 	@echo "make test | make test-slow             test suite | including slow tests"
 	@echo "make install [CUDA=12]                 create .venv from requirements/lock.txt"
 
@@ -46,26 +64,39 @@ install: $(VENV)/.installed
 
 sweep: install
 	@attentions="$(ATTENTION)"; \
-	if [ -z "$$attentions" ]; then attentions=$$($(PY) -m lra.registry --runnable) || exit 1; fi; \
-	echo "sweep: task=$(TASK) protocol=$(PRESET) attentions=$$attentions seeds=$(SEED_LIST)"; \
-	$(PY) -m lra.train --multirun task=$(TASK) protocol=$(PRESET) attention=$$attentions \
-		seed=$(SEED_LIST) hydra/launcher=$(LAUNCHER) $(ARGS)
+	if [ -z "$$attentions" ]; then attentions=$$($(KERNEL_ENV) $(PY) -m lra.registry --runnable) || exit 1; fi; \
+	echo "sweep: tasks=$(TASK) protocol=$(PRESET) attentions=$$attentions seeds=$(SEED_LIST)"; \
+	$(KERNEL_ENV) $(PY) -m lra.train --multirun task=$(TASK) protocol=$(PRESET) attention=$$attentions \
+		seed=$(SEED_LIST) hydra/launcher=$(LAUNCHER_CONFIG) $(KERNEL_ARGS) $(ARGS)
 
 run: install
-	$(PY) -m lra.train task=$(TASK) protocol=$(PRESET) attention=$(or $(ATTENTION),softmax) $(ARGS)
+	$(KERNEL_ENV) $(PY) -m lra.train task=$(TASK) protocol=$(PRESET) attention=$(or $(ATTENTION),softmax) \
+		$(KERNEL_ARGS) $(ARGS)
 
 data: install
 	$(PY) -m lra.prepare_data task=$(TASK) protocol=$(PRESET) $(ARGS)
 
 leaderboard: install
-	$(PY) -m lra.leaderboard --results-dir $(RESULTS)
+	$(PY) -m lra.leaderboard $(if $(RESULTS),--results-dir $(RESULTS),--root results)
+
+reproduce: install
+	$(KERNEL_ENV) $(PY) -m lra.reproduce --table $(TABLE) $(REPRODUCE_ARGS)
+
+# Debian's Chromium for the leaderboard page test (tests/test_leaderboard_html.py), when absent.
+browser:
+	@if [ -n "$$LRA_CHROMIUM" ] || [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo="sudo -n"; else \
+		echo "make browser: /usr/bin/chromium is missing; install Debian's chromium package as root" >&2; exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "make browser: no apt-get; install Chromium and set LRA_CHROMIUM" >&2; exit 1; }; \
+	echo "make browser: installing Debian's chromium"; \
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 # Tests run in parallel worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto
-test: install
+test: install browser
 	WANDB_MODE=offline $(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
-test-slow: install
+test-slow: install browser
 	WANDB_MODE=offline $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow"
 
 # Re-resolve the pinned set after editing requirements/base.in.

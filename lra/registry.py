@@ -5,6 +5,9 @@
 
 An attention YAML may extend another (``defaults: [sikf]``) and name a positional-bias add-on
 (``positional_bias: fastrpb``), which makes a swept combination such as ``sikf+fastrpb``.
+Your own attentions live outside the repository: set ``LRA_KERNEL_DIR`` to a folder holding
+``attention/<name>.yaml`` (and the module its ``_target_`` names); they are registered beside the
+built-in ones (``make sweep KERNEL_DIR=...`` sets it; docs/new_kernel.md).
 An attention marked ``requires: gpu`` is left out of ``--runnable`` when JAX sees no GPU, and the
 skip is reported on stderr so a sweep never silently drops a row.
 """
@@ -12,6 +15,7 @@ skip is reported on stderr so a sweep never silently drops a row.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,10 +25,12 @@ ATTENTION_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "attention
 POSITIONAL_BIAS_CONFIGS = ATTENTION_CONFIGS.parent / "positional_bias"
 
 
-def load_attention_config(name: str, directory: Path = ATTENTION_CONFIGS) -> DictConfig:
+def load_attention_config(name: str, directory: Path | None = None) -> DictConfig:
     """One attention YAML as Hydra would compose it: a ``defaults`` list naming other files of the
     same group (e.g. ``sikf_fastrpb.yaml`` extends ``sikf.yaml``) is merged in order, ``_self_`` last
-    unless placed otherwise."""
+    unless placed otherwise. Without ``directory``: configs/attention/, then the user's LRA_KERNEL_DIR."""
+    if directory is None:
+        directory = next((d for d in attention_config_dirs() if (d / f"{name}.yaml").exists()), ATTENTION_CONFIGS)
     path = directory / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no attention config {path}; registered: {sorted(p.stem for p in directory.glob('*.yaml'))}")
@@ -38,11 +44,26 @@ def load_attention_config(name: str, directory: Path = ATTENTION_CONFIGS) -> Dic
     return merged
 
 
-def registered_attentions(directory: Path = ATTENTION_CONFIGS) -> dict[str, dict]:
-    """Config-file stem -> {name, requires, target, positional_bias} for every attention YAML."""
+def attention_config_dirs() -> list[Path]:
+    """configs/attention/, then <LRA_KERNEL_DIR>/attention/ when that variable names a folder."""
+    user = os.environ.get("LRA_KERNEL_DIR")
+    if not user:
+        return [ATTENTION_CONFIGS]
+    if not (Path(user) / "attention").is_dir():
+        raise FileNotFoundError(f"LRA_KERNEL_DIR={user}: no folder {Path(user) / 'attention'} of attention YAMLs")
+    return [ATTENTION_CONFIGS, Path(user).resolve() / "attention"]
+
+
+def registered_attentions(directory: Path | None = None) -> dict[str, dict]:
+    """Config-file stem -> {name, requires, target, positional_bias} for every attention YAML
+    (of ``directory``, or of configs/attention/ plus the user's LRA_KERNEL_DIR)."""
     found = {}
-    for path in sorted(directory.glob("*.yaml")):
-        config = load_attention_config(path.stem, directory)
+    paths = sorted(directory.glob("*.yaml")) if directory else [
+        path for folder in attention_config_dirs() for path in sorted(folder.glob("*.yaml"))]
+    for path in paths:
+        if path.stem in found:
+            raise ValueError(f"{path}: attention config '{path.stem}' is already registered; rename it")
+        config = load_attention_config(path.stem, path.parent)
         for key in ("name", "_target_"):
             if key not in config:
                 raise ValueError(f"{path}: attention config has no '{key}' key")

@@ -132,6 +132,7 @@ def run(cfg: DictConfig) -> dict:
             "run_id": run_id, "task": cfg.task.name, "attention": attention_name,
             "attention_config": attention_kwargs, "positional_bias_config": bias_kwargs,
             "protocol": cfg.protocol.name, "seed": int(cfg.seed),
+            "test_checkpoint": cfg.protocol.get("test_checkpoint", "final"),  # the leaderboard's headline
             "steps": loop_cfg.steps, "batch_size": loop_cfg.batch_size, "max_length": cfg.task.max_length,
             "dtype": cfg.model.dtype, "quirks": OmegaConf.to_container(cfg.quirks),
             "model_config": OmegaConf.to_container(cfg.model, resolve=True),

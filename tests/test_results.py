@@ -1,11 +1,11 @@
-"""Tests for the results store (lra.results), atomic writes (lra.atomic_files) and the leaderboard."""
+"""Tests for the results store (lra.results) and atomic writes (lra.atomic_files); the leaderboard is in
+test_leaderboard.py."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
-import statistics
 import stat
 from pathlib import Path
 
@@ -216,139 +216,3 @@ def test_atomic_write_does_not_leak_fd_when_chmod_fails(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
     assert _open_fds() == before
-
-
-# --------------------------------------------------------------------------- #
-# leaderboard
-# --------------------------------------------------------------------------- #
-
-SOFTMAX_LISTOPS = [  # seed, final, best_val, step_time, bytes
-    (0, 0.40, 0.41, 0.20, 4_000_000),
-    (1, 0.45, 0.47, 0.24, 4_000_000),
-]
-LINEAR_LISTOPS = [
-    (0, 0.36, 0.37, 0.10, 1_000_000),
-    (1, 0.38, 0.35, 0.14, 1_000_000),
-]
-
-PERFORMER_LISTOPS = [(0, 0.30, 0.30), (1, 0.32, 0.30), (2, 0.31, 0.90)]  # seed, final, step_time
-
-
-@pytest.fixture()
-def leaderboard_dir(tmp_path):
-    n = 0
-
-    def add(**kw):
-        nonlocal n
-        n += 1
-        write_record(tmp_path, make_record(f"run{n:02d}", **kw))
-
-    for attention, runs, params in (("softmax", SOFTMAX_LISTOPS, 1000), ("linear", LINEAR_LISTOPS, 1200)):
-        for seed, final, best, step, nbytes in runs:
-            add(attention=attention, seed=seed, final=final, best_val=best, step_time=step, xla_bytes=nbytes,
-                params=params)
-    # text: softmax and linear ran it (one seed each); "performer" did not
-    add(task="text", attention="softmax", final=0.60, best_val=0.61, step_time=0.50, xla_bytes=8_000_000,
-        params=2000)
-    add(task="text", attention="linear", final=0.58, best_val=0.59, step_time=0.25, xla_bytes=2_000_000,
-        params=2200)
-    for seed, final, step in PERFORMER_LISTOPS:  # 3 seeds: the median step time is not the mean
-        add(attention="performer", seed=seed, final=final, best_val=final, step_time=step, xla_bytes=2_000_000,
-            params=5000)
-    # another protocol with no softmax baseline
-    add(attention="linear", protocol="pytorch_lineage", final=0.5, best_val=0.5, step_time=0.1, params=999)
-    return tmp_path
-
-
-def _pct_mean_std(values):
-    pct = [v * 100 for v in values]
-    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f} (n={len(pct)})"
-
-
-def _rows(frame):
-    return {(r["protocol"], r["attention"]): r for r in frame.to_dict("records")}
-
-
-def test_leaderboard_frame(leaderboard_dir):
-    from lra.leaderboard import leaderboard_frame
-
-    frame = leaderboard_frame(read_table(leaderboard_dir))
-    rows = _rows(frame)
-    assert set(rows) == {("lra_official", "softmax"), ("lra_official", "linear"),
-                         ("lra_official", "performer"), ("pytorch_lineage", "linear")}
-    soft, lin, perf = (rows[("lra_official", a)] for a in ("softmax", "linear", "performer"))
-
-    # task columns in LRA order, test@final and test@best-val for each
-    task_cols = [c for c in frame.columns if "test@" in c and not c.startswith("avg")]
-    assert task_cols == ["listops test@final", "listops test@best-val", "text test@final", "text test@best-val"]
-
-    # mean ± sample std over 2 seeds, in percent
-    assert soft["listops test@final"] == _pct_mean_std([r[1] for r in SOFTMAX_LISTOPS]) == "42.50 ± 3.54 (n=2)"
-    assert soft["listops test@best-val"] == _pct_mean_std([r[2] for r in SOFTMAX_LISTOPS])
-    assert lin["listops test@final"] == _pct_mean_std([r[1] for r in LINEAR_LISTOPS])
-    assert lin["listops test@best-val"] == _pct_mean_std([r[2] for r in LINEAR_LISTOPS])
-    assert soft["text test@final"] == "60.00 (n=1)"
-
-    # a task the attention did not run is missing, not zero
-    assert perf["text test@final"] == "–" and perf["text test@best-val"] == "–"
-    assert perf["listops test@final"] == _pct_mean_std([r[1] for r in PERFORMER_LISTOPS]) == "31.00 ± 1.00 (n=3)"
-    assert perf["avg test@final"] == "–"
-    assert soft["avg test@final"] == f"{(42.5 + 60.0) / 2:.2f}"
-    assert lin["avg test@final"] == f"{(37.0 + 58.0) / 2:.2f}"
-
-    # speed = softmax median step time / this median step time, averaged over the tasks both ran
-    soft_listops = statistics.median(r[3] for r in SOFTMAX_LISTOPS)
-    lin_listops = statistics.median(r[3] for r in LINEAR_LISTOPS)
-    assert soft["speed vs softmax"] == "1.00×"
-    expected_linear_speed = ((soft_listops / lin_listops) + (0.50 / 0.25)) / 2
-    assert lin["speed vs softmax"] == f"{expected_linear_speed:.2f}×" == "1.92×"  # (0.22 / 0.12 + 0.50 / 0.25) / 2
-    assert perf["speed vs softmax"] == f"{soft_listops / 0.30:.2f}×" == "0.73×"  # median 0.30, not mean 0.50
-    # memory = this / softmax
-    assert soft["memory vs softmax"] == "1.00×"
-    assert lin["memory vs softmax"] == f"{(0.25 + 0.25) / 2:.2f}×"
-    assert perf["memory vs softmax"] == "0.50×"
-    # no softmax under that protocol: no ratio, rather than a ratio to another protocol's softmax
-    other = rows[("pytorch_lineage", "linear")]
-    assert other["speed vs softmax"] == "–" and other["memory vs softmax"] == "–"
-
-    assert soft["runs"] == 3 and lin["runs"] == 3 and perf["runs"] == 3
-    assert soft["params"] == "1,000" and perf["params"] == "5,000"
-
-
-def test_leaderboard_ratios_need_the_same_device(tmp_path):
-    from lra.leaderboard import leaderboard_frame
-
-    write_record(tmp_path, make_record("a", attention="softmax", step_time=0.2, device="gpu"))
-    write_record(tmp_path, make_record("b", attention="linear", step_time=0.1, device="cpu"))
-    rows = _rows(leaderboard_frame(read_table(tmp_path)))
-    assert rows[("lra_official", "linear")]["speed vs softmax"] == "–"
-    assert rows[("lra_official", "softmax")]["speed vs softmax"] == "1.00×"
-
-
-def test_write_leaderboard_writes_markdown(leaderboard_dir):
-    from lra.leaderboard import LEADERBOARD_FILE, write_leaderboard
-
-    path, text, frame = write_leaderboard(leaderboard_dir)
-    for protocol, attention in zip(frame["protocol"], frame["attention"]):  # the frame is what was written
-        assert f"| {protocol} | {attention} |" in text
-    assert path == leaderboard_dir / LEADERBOARD_FILE
-    assert path.read_text() == text
-    lines = text.splitlines()
-    header = next(line for line in lines if line.startswith("| protocol"))
-    assert "listops test@final" in header and "speed vs softmax" in header
-    for protocol, attention in (("lra_official", "softmax"), ("lra_official", "linear"),
-                                ("lra_official", "performer"), ("pytorch_lineage", "linear")):
-        matching = [line for line in lines if line.startswith(f"| {protocol} | {attention} |")]
-        assert len(matching) == 1, (protocol, attention)
-    softmax_line = next(line for line in lines if line.startswith("| lra_official | softmax |"))
-    assert "42.50 ± 3.54 (n=2)" in softmax_line
-    n_columns = header.count("|")
-    assert all(line.count("|") == n_columns for line in lines if line.startswith("| lra_official"))
-
-
-def test_write_leaderboard_on_empty_dir_raises(tmp_path):
-    from lra.leaderboard import write_leaderboard
-
-    with pytest.raises(FileNotFoundError, match="results.csv"):
-        write_leaderboard(tmp_path)
-    assert not (tmp_path / "leaderboard.md").exists()

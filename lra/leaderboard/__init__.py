@@ -1,0 +1,128 @@
+"""Leaderboard: the results store in the LRA layout, one row per attention x protocol.
+
+    results/<protocol>/leaderboard.md     markdown: the table, how it was computed, the other checkpoint
+    results/<protocol>/leaderboard.html   one static page (no server): sortable columns, plots inline
+    results/<protocol>/leaderboard_*.png  accuracy vs speed (marker = memory), per-task bars
+    results/leaderboard.{md,html}         every protocol found under results/ in one table
+
+Everything is rebuilt from the records' table (results.csv), never edited by hand. How cells,
+averages and ratios are computed is in ``lra.leaderboard.table``; the rules, briefly: mean ± std
+over seeds with the seed count, missing tasks shown as missing (never zero, averages marked
+partial), speed and memory relative to softmax of the same protocol, task and device, and the LRA
+parameter rule (at most 10 % more parameters than the baseline) checked per row.
+
+    python -m lra.leaderboard --results-dir results/smoke    # one protocol: print and write
+    python -m lra.leaderboard --root results                 # every protocol + the combined page
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+
+from lra.atomic_files import atomic_write_text
+from lra.leaderboard.html import leaderboard_html
+from lra.leaderboard.markdown import leaderboard_markdown, notes
+from lra.leaderboard.table import BASELINE, PARAMETER_RULE, TASK_ORDER, Row, leaderboard_frame, leaderboard_rows
+from lra.results import TABLE, read_table
+
+LEADERBOARD_FILE = "leaderboard.md"
+HTML_FILE = "leaderboard.html"
+NOT_PROTOCOL_DIRS = ("bench", "published")  # folders under results/ that hold no run records
+
+__all__ = ["BASELINE", "PARAMETER_RULE", "TASK_ORDER", "LEADERBOARD_FILE", "HTML_FILE", "LeaderboardCallback",
+           "leaderboard_frame", "leaderboard_rows", "write_leaderboard", "write_combined_leaderboard", "main"]
+
+
+def _write_pages(directory: Path, results: pd.DataFrame, rows: list[Row], source: str,
+                 plots: list[Path]) -> tuple[Path, str, pd.DataFrame]:
+    text = leaderboard_markdown(results, rows, source, [str(p.relative_to(directory)) for p in plots])
+    atomic_write_text(directory / LEADERBOARD_FILE, text)
+    atomic_write_text(directory / HTML_FILE, leaderboard_html(results, rows, notes(rows, source), plots))
+    return directory / LEADERBOARD_FILE, text, leaderboard_frame(results, rows)
+
+
+def write_leaderboard(results_dir: str | Path, plots: bool = True) -> tuple[Path, str, pd.DataFrame]:
+    """Write one results folder's leaderboard (markdown, HTML, plots); returns (md path, md text, frame)."""
+    from lra.leaderboard.plots import write_plots
+
+    results_dir = Path(results_dir)
+    results = read_table(results_dir)
+    rows = leaderboard_rows(results)
+    figures = []
+    if plots:
+        for protocol in sorted({row.protocol for row in rows}):
+            protocol_rows = [row for row in rows if row.protocol == protocol]
+            folder = results_dir if len({row.protocol for row in rows}) == 1 else results_dir / "plots" / protocol
+            figures += write_plots(protocol_rows, folder)
+    return _write_pages(results_dir, results, rows, f"`{results_dir / TABLE}`", figures)
+
+
+def protocol_dirs(root: str | Path) -> list[Path]:
+    """The folders under ``root`` that hold a results table (results/bench and results/published excluded)."""
+    return sorted(p.parent for p in Path(root).glob(f"*/{TABLE}") if p.parent.name not in NOT_PROTOCOL_DIRS)
+
+
+def write_combined_leaderboard(root: str | Path, plots: bool = True) -> tuple[Path, str, pd.DataFrame]:
+    """Rebuild every protocol's leaderboard under ``root``, then one page over all of them."""
+    root = Path(root)
+    folders = protocol_dirs(root)
+    if not folders:
+        raise FileNotFoundError(f"no results tables under {root}/*/{TABLE}: run a sweep first "
+                                "(make sweep TASK=listops)")
+    figures = []
+    for folder in folders:
+        write_leaderboard(folder, plots=plots)
+        figures += sorted(folder.glob("leaderboard_*.png")) if plots else []
+    results = pd.concat([read_table(folder) for folder in folders], ignore_index=True)
+    rows = leaderboard_rows(results)
+    source = ", ".join(f"`{folder / TABLE}`" for folder in folders)
+    return _write_pages(root, results, rows, source, figures)
+
+
+def print_leaderboard(path: Path, frame: pd.DataFrame) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"LRA leaderboard ({path})")
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    Console(width=220).print(table)
+
+
+class LeaderboardCallback(Callback):
+    """Hydra callback: rebuild and print the sweep's protocol leaderboard when a multirun finishes."""
+
+    def __init__(self, results_dir: str):
+        self.results_dir = results_dir
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            path, _, frame = write_leaderboard(self.results_dir)
+        except FileNotFoundError as error:  # a sweep whose runs all failed leaves no table
+            print(f"leaderboard: {error}")
+            return
+        print_leaderboard(path, frame)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--results-dir", help="one protocol's folder holding results.csv")
+    where.add_argument("--root", help="a folder of protocol folders (results/): all of them + the combined page")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    args = parser.parse_args(argv)
+    try:
+        if args.results_dir:
+            path, _, frame = write_leaderboard(args.results_dir, plots=not args.no_plots)
+        else:
+            path, _, frame = write_combined_leaderboard(args.root or "results", plots=not args.no_plots)
+    except FileNotFoundError as error:
+        raise SystemExit(f"leaderboard: {error}") from None
+    print_leaderboard(path, frame)
+    print(f"written: {path} and {path.with_name(HTML_FILE)}")

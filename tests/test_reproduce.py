@@ -1,0 +1,120 @@
+"""Reproduction of published tables (lra.reproduce) on synthetic records: the mapping, what is
+missing, what would run, the comparison (difference, within-spread) and the runs it launches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import lra.reproduce as reproduce_module
+from lra.reproduce import load_table, load_tables, reproduce
+from lra.registry import registered_attentions
+from lra.results import read_records, write_record
+from tests.test_results import make_record
+
+
+def _add(results_dir, attention, task, seed, accuracy, **extra):
+    run_id = f"{task}_{attention}_s{seed}_{extra.get('status', 'ok')}_{extra.get('protocol', 'x')}_{extra.get('steps')}"
+    record = make_record(run_id, task=task, attention=attention, seed=seed, final=accuracy / 100,
+                         best_val=0.0, **extra)
+    write_record(results_dir, record)
+
+
+@pytest.fixture
+def only_listops(monkeypatch):
+    monkeypatch.setattr(reproduce_module, "available_tasks", lambda protocol: {"listops"})
+
+
+def _cells(frame):
+    return {(r["attention"], r["task"]): r for r in frame.to_dict("records")}
+
+
+def test_every_mapped_table_loads_and_maps_to_registered_attentions():
+    names = {info["name"] for info in registered_attentions().values()}
+    for table in ("lra_table1", "skyformer_table1"):
+        spec, published = load_table(table)
+        mapped = {a for a in spec["models"].values() if a}
+        assert mapped <= names, mapped - names
+        assert set(spec["tasks"]) <= set(published.columns)
+        assert published["source"].str.len().min() > 0  # every row carries its citation
+    assert load_tables()["skyformer_table1"]["protocol"] == "pytorch_lineage"
+    with pytest.raises(KeyError, match="no table 'nope'"):
+        load_table("nope")
+
+
+def test_comparison_difference_and_spread(tmp_path, only_listops):
+    official = tmp_path / "lra_official"
+    for seed, accuracy in enumerate((36.0, 37.0, 36.5)):  # mean 36.5, std 0.5; published 36.37
+        _add(official, "softmax", "listops", seed, accuracy)
+    for seed, accuracy in enumerate((30.0, 31.0, 32.0)):  # mean 31, std 1; published 16.13
+        _add(official, "linear", "listops", seed, accuracy)
+    _add(official, "performer", "listops", 0, 18.5)  # one seed of three; published 18.01
+    _add(official, "softmax", "listops", 3, 5.0, status="diverged")  # never counted
+    _add(tmp_path / "pytorch_lineage", "softmax", "listops", 0, 90.0, protocol="pytorch_lineage")
+
+    frame, commands = reproduce("lra_table1", tmp_path, reuse_only=True, echo=lambda *a: None)
+    cells = _cells(frame)
+    softmax = cells[("softmax", "listops")]
+    assert softmax["published"] == "36.37" and softmax["measured"] == "36.50 ± 0.50 (n=3)"
+    assert softmax["difference"] == "+0.13" and softmax["within spread"] == "yes"
+    linear = cells[("linear", "listops")]
+    assert linear["difference"] == f"{31.0 - 16.13:+.2f}" and linear["within spread"] == "no"
+    performer = cells[("performer", "listops")]
+    assert performer["within spread"] == "n/a (1 seed)" and performer["status"] == "measured (fewer seeds)"
+    assert cells[("softmax", "text")]["status"] == "task not available"
+    assert cells[("softmax", "pathx")]["published"] == "FAIL" and cells[("softmax", "pathx")]["difference"] == "—"
+    assert cells[("softmax", "avg")]["status"].startswith("partial")
+    assert {r["status"] for r in frame.to_dict("records") if r["model"] == "Longformer"} == {"not implemented"}
+    # the missing seeds of performer are what would run, through the sweep entry point
+    assert [c[3:] for c in commands] == [["--multirun", "task=listops", "protocol=lra_official", "attention=performer",
+                                          "seed=1,2", f"paths.results_dir={official}"]]
+    written = (official / "reproduce_lra_table1.md").read_text()
+    assert "| Transformer | softmax | listops | 36.37 | 36.50 ± 0.50 (n=3) | +0.13 | yes | measured |" in written
+    assert (official / "reproduce_lra_table1.csv").exists()
+
+    # a wider band changes the verdict; a dry run writes nothing
+    (official / "reproduce_lra_table1.md").unlink()
+    frame, _ = reproduce("lra_table1", tmp_path, dry_run=True, spread=20.0, echo=lambda *a: None)
+    assert _cells(frame)[("linear", "listops")]["within spread"] == "yes"
+    assert not (official / "reproduce_lra_table1.md").exists()
+
+
+def test_average_and_runs_launched_for_missing_cells(tmp_path, monkeypatch):
+    (tmp_path / "paper.csv").write_text("model,listops,text,avg,source,notes\n"
+                                        "Transformer,40.00,60.00,50.00,Some paper Table 1,\n"
+                                        "Unbuilt,1,2,1.5,Some paper Table 1,\n")
+    (tmp_path / "tables.yaml").write_text(json.dumps({"toy": {
+        "file": "paper.csv", "protocol": "lra_official", "seeds": 2, "match": {"steps": 100},
+        "overrides": ["train.steps=100"], "task_overrides": {"text": ["task.x=1"]},
+        "tasks": {"listops": "listops", "text": "text"}, "average_over": ["listops", "text"],
+        "models": {"Transformer": "softmax", "Unbuilt": None}}}))
+    monkeypatch.setattr(reproduce_module, "available_tasks", lambda protocol: {"listops", "text"})
+    results = tmp_path / "results" / "lra_official"
+    _add(results, "softmax", "listops", 0, 40.0, steps=100)
+    _add(results, "softmax", "listops", 1, 42.0, steps=100)
+    _add(results, "softmax", "text", 0, 59.0, steps=999)  # another step budget: not this table's run
+
+    launched = []
+
+    def fake_run(command, **kwargs):  # stands in for the sweep: records the seeds it was asked for
+        launched.append(command)
+        task = next(a for a in command if a.startswith("task=")).split("=")[1]
+        for seed in next(a for a in command if a.startswith("seed=")).split("=")[1].split(","):
+            _add(results, "softmax", task, int(seed), 60.0 + int(seed), steps=100)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(reproduce_module.subprocess, "run", fake_run)
+    frame, commands = reproduce("toy", tmp_path / "results", tables_file=tmp_path / "tables.yaml",
+                                echo=lambda *a: None)
+    assert len(launched) == 1 and launched[0][4:] == ["task=text", "protocol=lra_official", "attention=softmax",
+                                                        "seed=0,1", "train.steps=100", "task.x=1",
+                                                        f"paths.results_dir={results}"]
+    cells = _cells(frame)
+    assert cells[("softmax", "text")]["measured"] == "60.50 ± 0.71 (n=2)"
+    # per-seed averages (40+60)/2 = 50 and (42+61)/2 = 51.5 -> 50.75 ± 1.06
+    assert cells[("softmax", "avg")]["measured"] == "50.75 ± 1.06 (n=2)"
+    assert cells[("softmax", "avg")]["difference"] == "+0.75" and cells[("softmax", "avg")]["within spread"] == "yes"
+    assert cells[("—", "avg")]["status"] == "not implemented"
+    assert len([r for r in read_records(results) if r["task"] == "text"]) == 3
