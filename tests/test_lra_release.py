@@ -157,7 +157,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     handler = type("Handler", (_Handler,), {"ranges": [], "cut_after": None, "honour_range": True})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield handler, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
