@@ -58,6 +58,13 @@ def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
     return harness["name"], factory, kwargs
 
 
+def task_attention_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.attention`` with the task's settings for that attention merged in
+    (``task.attention_overrides.<attention name>``, e.g. MRA's ``patch_order`` on images)."""
+    overrides = (cfg.task.get("attention_overrides") or {}).get(cfg.attention.name)
+    return OmegaConf.merge(cfg.attention, overrides) if overrides else cfg.attention
+
+
 def build_positional_bias(cfg: DictConfig):
     """The positional-bias add-on -> (name, factory, kwargs, from_cli); Nones when there is none.
 
@@ -103,7 +110,7 @@ def _run_dir(cfg: DictConfig, run_id: str) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     """One full run; returns its result record (already written to the results store)."""
-    attention_name, attention_factory, attention_kwargs = build_attention(cfg.attention)
+    attention_name, attention_factory, attention_kwargs = build_attention(task_attention_config(cfg))
     bias_name, bias_factory, bias_kwargs, bias_from_cli = build_positional_bias(cfg)
     if bias_from_cli:  # a bias add-on makes a different model: its own leaderboard row
         attention_name = f"{attention_name}+{bias_name}"

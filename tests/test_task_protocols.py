@@ -39,3 +39,14 @@ def test_retrieval_heads_per_protocol():
     assert lineage.task.max_length == 4096 and lineage.task.content_length == 4000
     model = nnx.eval_shape(lambda: build_model(official, 257, build_attention(official.attention)[1]))
     assert isinstance(model, DualEncoder) and not model.tower.use_cls  # pools the first byte (quirk M1)
+
+
+def test_task_attention_overrides_apply_only_to_the_named_attention():
+    from lra.train import task_attention_config
+
+    mra = _compose("task=image", "attention=mra2")
+    assert task_attention_config(mra).patch_order is True and mra.attention.patch_order is False
+    assert build_attention(task_attention_config(mra))[2]["patch_order"] is True  # recorded with the run
+    softmax = _compose("task=image", "attention=softmax")
+    assert task_attention_config(softmax) == softmax.attention
+    assert task_attention_config(_compose("task=text", "attention=mra2")).patch_order is False
