@@ -31,6 +31,7 @@ help:
 	@echo "make sweep TASK=listops                the official LRA protocol (meant for a GPU)"
 	@echo "make run TASK=listops ATTENTION=linear PRESET=smoke   one run"
 	@echo "make data TASK=listops [PRESET=...]    prepare the task's token cache only"
+	@echo "make data TASK=text|retrieval|image    download (resumable) and prepare; see docs/data.md"
 	@echo "make leaderboard [PRESET=...]          rebuild and print results/<preset>/leaderboard.md"
 	@echo "make test | make test-slow             test suite | including slow tests"
 	@echo "make install [CUDA=12]                 create .venv from requirements/lock.txt"
