@@ -174,6 +174,7 @@ def load_image(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progr
         described = ({"kind": "raw", "url": CIFAR_URL, "path": str(archive.resolve()), **params["archive"]}
                      if source == "raw" else {"kind": "tfds", **params["tfds"]})
         return splits, {"task": "image", "source": described, "vocab": VOCAB, "grid_shape": [32, 32],
+                        "padding": "none: every row has 1,024 pixels and id 0 is a black pixel (task.pad_id null)",
                         "tokenizer": {"name": "tf_rgb_to_grayscale", "version": ENCODING_VERSION}}
 
     return open_or_build(task_root / params_key(source, params), params, build, progress)
