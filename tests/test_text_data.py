@@ -52,6 +52,16 @@ def test_cache_val_is_test_and_batches_hold_bytes_plus_one(imdb, tmp_path):
     assert short.directory != cache.directory and int(short["train"].lengths.max()) == 6
 
 
+def test_train_holdout_validation_is_the_last_tenth_of_train(imdb, tmp_path):
+    path, reviews = imdb
+    cache = load_text({"name": "text", "raw_archive": str(path), "validation": "train_holdout"},
+                      tmp_path / "data", progress=False)
+    assert [len(cache[s]) for s in ("train", "val", "test")] == [9, 1, 10]
+    assert cache.manifest["validation"] == "train_holdout"
+    last = _tfds_sorted(reviews["train"], "train")[-1][1]
+    assert cache["val"].sequence(0).tolist() == [b + 1 for b in last]
+
+
 def test_missing_archive_without_download_says_where_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"task\.download=false.*make data TASK=text.*" +
                        IMDB_URL.replace(".", r"\.")):
@@ -77,7 +87,7 @@ def test_corrupt_or_foreign_archive_names_the_file_and_leaves_no_cache(imdb, tmp
 def test_bad_config_values_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"task\.source='hub'"):
         load_text({"name": "text", "source": "hub"}, tmp_path)
-    with pytest.raises(ValueError, match=r"task\.validation='holdout'"):
+    with pytest.raises(ValueError, match=r"task\.validation='holdout'.*'train_holdout'"):
         load_text({"name": "text", "validation": "holdout"}, tmp_path)
 
 

@@ -4,7 +4,8 @@ Data: TFDS ``imdb_reviews`` (config ``plain_text``): 25,000 train and 25,000 tes
 neg = 0 / pos = 1.  There is no validation split; the official harness
 (``lra_benchmarks/text_classification/input_pipeline.py``) validates on the **test** split, so
 best-validation selection on Text is selection on test (reference quirk D5).  The cache stores
-that choice as ``validation: test`` in its manifest and its ``val`` split is a copy of ``test``.
+that choice as ``validation: test`` in its manifest and its ``val`` split is a copy of ``test``;
+``task.validation: train_holdout`` validates on the last 10% of train instead (TFDS order).
 
 Sources (``task.source``):
 
@@ -48,6 +49,7 @@ IMDB_SIZE = 84_125_825  # bytes (TFDS imdb_reviews checksums.tsv)
 IMDB_COUNTS: dict[str, int] = {"train": 25_000, "test": 25_000}
 LABELS = ("neg", "pos")  # TFDS ClassLabel order: id = index
 ENCODING_VERSION = 1
+HOLDOUT_SPLIT = 0.9  # validation=train_holdout: train[:90%] trains, train[90%:] validates
 _MEMBER = re.compile(r"^aclImdb/(train|test)/(neg|pos)/\d+_\d+\.txt$")
 
 
@@ -109,22 +111,23 @@ def load_text(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progre
     """Build (first time) or open the Text cache for ``task_cfg``.
 
     Keys: ``source`` (raw | tfds), ``raw_archive``, ``download``, ``tfds_data_dir``,
-    ``content_length`` (bytes kept per review; null = all), ``validation`` (only ``test``, as the
-    official harness).
+    ``content_length`` (bytes kept per review; null = all), ``validation`` (``test`` as the
+    official harness, or ``train_holdout``).
     """
     if task_cfg.get("name", "text") != "text":
         raise ValueError(f"load_text got a config for task {task_cfg.get('name')!r}")
     source = task_cfg.get("source", "raw")
     if source not in ("raw", "tfds"):
         raise ValueError(f"task.source={source!r}: Text reads 'raw' (aclImdb_v1.tar.gz) or 'tfds'")
-    if task_cfg.get("validation", "test") != "test":
-        raise ValueError(f"task.validation={task_cfg.get('validation')!r}: only 'test' (the official harness's "
-                         "choice: IMDb has no validation split) is implemented")
+    validation = task_cfg.get("validation", "test")
+    if validation not in ("test", "train_holdout"):
+        raise ValueError(f"task.validation={validation!r}: 'test' (the official harness: IMDb has no validation "
+                         "split) or 'train_holdout' (the last 10% of train in TFDS order, held out)")
     content = task_cfg.get("content_length")
     content = None if content is None else int(content)
     params: dict[str, Any] = {"source": source, "encoding": "utf8_bytes_plus_1",
                               "encoding_version": ENCODING_VERSION, "content_length": content,
-                              "validation": "test"}
+                              "validation": validation}
     task_root = Path(cache_root).expanduser() / "text"
     if source == "raw":
         archive = raw_archive(task_cfg, cache_root, filename="aclImdb_v1.tar.gz", url=IMDB_URL, size=IMDB_SIZE,
@@ -138,12 +141,18 @@ def load_text(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progre
         reviews = read_imdb_archive(archive, bar) if source == "raw" else _read_tfds(data_dir, bar)
         splits = {split: ([encode_bytes(t, content) for t in texts], labels)
                   for split, (texts, labels) in reviews.items()}
-        splits["val"] = splits["test"]  # IMDb has no validation split: the official harness validates on test
+        if validation == "test":  # IMDb has no validation split: the official harness validates on test
+            splits["val"] = splits["test"]
+        else:  # train[:90%] / train[90%:], cut as TFDS percent slices are
+            sequences, labels = splits["train"]
+            cut = round(HOLDOUT_SPLIT * len(labels))
+            splits["train"], splits["val"] = (sequences[:cut], labels[:cut]), (sequences[cut:], labels[cut:])
         described = ({"kind": "raw", "url": IMDB_URL, "path": str(archive.resolve()), **params["archive"]}
                      if source == "raw" else {"kind": "tfds", **params["tfds"]})
         return ({s: splits[s] for s in ("train", "val", "test")},
-                {"task": "text", "source": described, "vocab": VOCAB, "validation": "test",
-                 "note": "val is a copy of the IMDb test split, as in the official LRA harness (quirk D5)",
+                {"task": "text", "source": described, "vocab": VOCAB, "validation": validation,
+                 "note": ("val is a copy of the IMDb test split, as in the official LRA harness (quirk D5)"
+                          if validation == "test" else "val is the last 10% of the IMDb train split (TFDS order)"),
                  "tokenizer": {"name": "utf8_bytes_plus_1", "version": ENCODING_VERSION}})
 
     return open_or_build(task_root / params_key(source, params), params, build, progress)
