@@ -45,6 +45,7 @@ help:
 	@echo "make sweep TASK=listops                the official LRA protocol (meant for a GPU)"
 	@echo "make run TASK=listops ATTENTION=linear PRESET=smoke   one run"
 	@echo "make data TASK=listops [PRESET=...]    prepare the task's token cache only"
+	@echo "make data TASK=text|retrieval|image    download (resumable) and prepare; see docs/data.md"
 	@echo "make sweep TASK=listops,text ATTENTION=softmax,linear SEEDS=3 LAUNCHER=submitit_local"
 	@echo "make sweep TASK=listops ATTENTION=my_kernel,softmax KERNEL_DIR=path/to/my_kernels   your own attention"
 	@echo "make leaderboard [RESULTS=results/smoke]   rebuild results/*/leaderboard.{md,html} + plots, results/leaderboard.*"

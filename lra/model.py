@@ -90,16 +90,21 @@ class Encoder(nnx.Module):
 
     ``pad_id`` is the token id that marks padding (0 in every LRA task); ``None`` means every
     position is real (pixel tasks, where 0 is a black pixel, not padding).
+    ``prepend_cls=False`` with ``pooling="cls"`` pools position 0 without prepending a CLS token
+    (the official retrieval encoder, quirk M1); ``cls_mask_copies_first_token`` gives the CLS token
+    the first token's mask, as the official encoder does (it matters only where token 0 can be
+    masked: pixel tasks under quirk D1). ``num_classes=None`` builds a tower without a head.
     """
 
-    def __init__(self, *, vocab_size: int, num_classes: int, max_length: int,
+    def __init__(self, *, vocab_size: int, num_classes: int | None, max_length: int,
                  attention: AttentionFactory, emb_dim: int, num_heads: int, qkv_dim: int,
                  mlp_dim: int, num_layers: int, dropout_rate: float = 0.1,
                  attention_dropout_rate: float = 0.1, pos_emb: str = "sinusoidal",
                  pooling: str = "cls", qkv_bias: bool = False, embedding_init_std: float = 1.0,
                  dtype: str = "float32", pad_id: int | None = 0,
                  mean_pool_includes_padding: bool = False, grid_shape: tuple[int, int] | None = None,
-                 positional_bias: PositionalBiasFactory | None = None, rngs: nnx.Rngs):
+                 positional_bias: PositionalBiasFactory | None = None, prepend_cls: bool = True,
+                 cls_mask_copies_first_token: bool = False, rngs: nnx.Rngs):
         if pos_emb not in ("sinusoidal", "learned"):
             raise ValueError(f"model.pos_emb must be 'sinusoidal' or 'learned', got {pos_emb!r}")
         if pooling not in ("cls", "mean"):
@@ -109,7 +114,8 @@ class Encoder(nnx.Module):
         compute_dtype = jnp.dtype(dtype)
         self.pooling, self.pad_id = pooling, pad_id
         self.mean_pool_includes_padding = mean_pool_includes_padding
-        self.use_cls = pooling == "cls"
+        self.use_cls = pooling == "cls" and prepend_cls  # else "cls" pooling reads token 0 (quirk M1)
+        self.cls_mask_copies_first_token = cls_mask_copies_first_token
         total_length = max_length + int(self.use_cls)
 
         self.token_embed = nnx.Embed(vocab_size, emb_dim, dtype=compute_dtype, rngs=rngs,
@@ -131,8 +137,11 @@ class Encoder(nnx.Module):
             for _ in range(num_layers)
         ])
         self.final_norm = nnx.LayerNorm(emb_dim, dtype=compute_dtype, rngs=rngs)
-        self.head_hidden = nnx.Linear(emb_dim, mlp_dim, dtype=compute_dtype, kernel_init=xavier_uniform, rngs=rngs)
-        self.head_out = nnx.Linear(mlp_dim, num_classes, dtype=compute_dtype, kernel_init=xavier_uniform, rngs=rngs)
+        if num_classes is not None:  # None: a tower without a head (DualEncoder)
+            self.head_hidden = nnx.Linear(emb_dim, mlp_dim, dtype=compute_dtype, kernel_init=xavier_uniform,
+                                          rngs=rngs)
+            self.head_out = nnx.Linear(mlp_dim, num_classes, dtype=compute_dtype, kernel_init=xavier_uniform,
+                                       rngs=rngs)
 
     def token_mask(self, tokens: jax.Array) -> jax.Array:
         if self.pad_id is None:
@@ -146,7 +155,10 @@ class Encoder(nnx.Module):
         if self.use_cls:
             cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
             x = jnp.concatenate([cls, x], axis=1)
-            mask = jnp.concatenate([jnp.ones((mask.shape[0], 1), bool), mask], axis=1)
+            # The official encoder copies the first token's mask to CLS: with black pixels masked
+            # (quirk D1) an image whose first pixel is 0 has its CLS masked too.
+            cls_mask = mask[:, :1] if self.cls_mask_copies_first_token else jnp.ones((mask.shape[0], 1), bool)
+            mask = jnp.concatenate([cls_mask, mask], axis=1)
         x = x + self.positions[...][: x.shape[1]].astype(x.dtype)
         x = self.embed_dropout(x, deterministic=deterministic)
         for block in self.blocks:
@@ -166,6 +178,46 @@ class Encoder(nnx.Module):
         x, mask = self.encode(tokens, deterministic=deterministic)
         hidden = jax.nn.relu(self.head_hidden(self.pool(x, mask)))
         return self.head_out(hidden).astype(jnp.float32)
+
+
+class DualEncoder(nnx.Module):
+    """Two documents through one shared Encoder tower, no cross-attention (LRA Retrieval, App. A.1.3).
+
+    Input rows hold document 1 in positions ``[0, L)`` and document 2 in ``[L, 2L)``; each half is
+    encoded separately (positions restart at 0) by the same tower and pooled to ``u`` and ``v``:
+
+        concat:  h = [u, v]                      (official code, ``classifier_head_dual``)
+        nli:     h = [u, v, u * v, u - v]        (paper Eq. 1, PyTorch lineage, S4)
+        logits = Dense(num_classes)(ReLU(Dense(mlp_dim // 2)(ReLU(Dense(mlp_dim)(h)))))  head_layers=2 (official)
+        logits = Dense(num_classes)(ReLU(Dense(mlp_dim)(h)))                           head_layers=1 (Nystromformer)
+    """
+
+    def __init__(self, *, num_classes: int, max_length: int, interaction: str = "nli", head_layers: int = 2,
+                 rngs: nnx.Rngs, **encoder_kwargs):
+        if interaction not in ("concat", "nli"):
+            raise ValueError(f"model.interaction must be 'concat' or 'nli', got {interaction!r}")
+        if head_layers not in (1, 2):
+            raise ValueError(f"model.head_layers must be 1 or 2, got {head_layers!r}")
+        self.interaction, self.document_length = interaction, max_length
+        self.tower = Encoder(num_classes=None, max_length=max_length, rngs=rngs, **encoder_kwargs)
+        emb_dim, mlp_dim = encoder_kwargs["emb_dim"], encoder_kwargs["mlp_dim"]
+        dtype = jnp.dtype(encoder_kwargs.get("dtype", "float32"))
+        widths = [emb_dim * (2 if interaction == "concat" else 4), mlp_dim, mlp_dim // 2][: head_layers + 1]
+        self.head_hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, kernel_init=xavier_uniform, rngs=rngs)
+                                     for a, b in zip(widths[:-1], widths[1:])])
+        self.head_out = nnx.Linear(widths[-1], num_classes, dtype=dtype, kernel_init=xavier_uniform, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, *, deterministic: bool) -> jax.Array:
+        batch, length = tokens.shape
+        if length != 2 * self.document_length:
+            raise ValueError(f"DualEncoder expects rows of 2 x {self.document_length} tokens, got {length}")
+        documents = tokens.reshape(batch * 2, self.document_length)  # rows: doc 1, doc 2 of each pair
+        x, mask = self.tower.encode(documents, deterministic=deterministic)
+        u, v = jnp.moveaxis(self.tower.pool(x, mask).reshape(batch, 2, -1), 1, 0)
+        h = jnp.concatenate([u, v] if self.interaction == "concat" else [u, v, u * v, u - v], axis=-1)
+        for layer in self.head_hidden:
+            h = jax.nn.relu(layer(h))
+        return self.head_out(h).astype(jnp.float32)
 
 
 def count_parameters(model: nnx.Module) -> int:

@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from attention.base import HARNESS_KEYS
 from lra.atomic_files import atomic_write_text
-from lra.data.tasks import load_task
+from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
-from lra.model import Encoder, count_parameters
+from lra.model import DualEncoder, Encoder, count_parameters
 from lra.registry import POSITIONAL_BIAS_CONFIGS
 from lra.results import new_run_id, write_record
 from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
@@ -58,6 +58,13 @@ def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
     return harness["name"], factory, kwargs
 
 
+def task_attention_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.attention`` with the task's settings for that attention merged in
+    (``task.attention_overrides.<attention name>``, e.g. MRA's ``patch_order`` on images)."""
+    overrides = (cfg.task.get("attention_overrides") or {}).get(cfg.attention.name)
+    return OmegaConf.merge(cfg.attention, overrides) if overrides else cfg.attention
+
+
 def build_positional_bias(cfg: DictConfig):
     """The positional-bias add-on -> (name, factory, kwargs, from_cli); Nones when there is none.
 
@@ -78,14 +85,19 @@ def build_positional_bias(cfg: DictConfig):
     return None, None, None, False
 
 
-def build_model(cfg: DictConfig, vocab_size: int, attention_factory, positional_bias_factory=None) -> Encoder:
+def build_model(cfg: DictConfig, vocab_size: int, attention_factory, positional_bias_factory=None):
+    """The task's model: the common Encoder, or a DualEncoder around it for two-document tasks."""
     seed = int(cfg.seed)
-    return Encoder(vocab_size=vocab_size, num_classes=cfg.task.num_classes, max_length=cfg.task.max_length,
-                   attention=attention_factory, positional_bias=positional_bias_factory,
-                   pad_id=cfg.task.pad_id, grid_shape=cfg.task.get("grid_shape"),
-                   mean_pool_includes_padding=cfg.quirks.mean_pool_includes_padding,
-                   **OmegaConf.to_container(cfg.model, resolve=True),
-                   rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))
+    pad_id = cfg.task.pad_id
+    pixel_quirk = pad_id is None and cfg.quirks.pixel_zero_is_padding  # D1: black pixels masked as padding
+    model_cls = DualEncoder if cfg.task.get("dual_encoder") else Encoder
+    return model_cls(vocab_size=vocab_size, num_classes=cfg.task.num_classes, max_length=cfg.task.max_length,
+                     attention=attention_factory, positional_bias=positional_bias_factory,
+                     pad_id=0 if pixel_quirk else pad_id, cls_mask_copies_first_token=bool(pixel_quirk),
+                     grid_shape=cfg.task.get("grid_shape"),
+                     mean_pool_includes_padding=cfg.quirks.mean_pool_includes_padding,
+                     **OmegaConf.to_container(cfg.model, resolve=True),
+                     rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))
 
 
 def _run_dir(cfg: DictConfig, run_id: str) -> Path:
@@ -98,7 +110,7 @@ def _run_dir(cfg: DictConfig, run_id: str) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     """One full run; returns its result record (already written to the results store)."""
-    attention_name, attention_factory, attention_kwargs = build_attention(cfg.attention)
+    attention_name, attention_factory, attention_kwargs = build_attention(task_attention_config(cfg))
     bias_name, bias_factory, bias_kwargs, bias_from_cli = build_positional_bias(cfg)
     if bias_from_cli:  # a bias add-on makes a different model: its own leaderboard row
         attention_name = f"{attention_name}+{bias_name}"
@@ -119,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
                                mode=cfg.logger.wandb.mode, run_dir=run_dir, name=run_id, config=resolved,
                                tags=[cfg.task.name, attention_name, cfg.protocol.name])
     sinks = MetricSinks(CsvMetricsWriter(run_dir), wandb_sink)
-    loop_cfg = LoopConfig(max_length=cfg.task.max_length, seed=int(cfg.seed),
+    loop_cfg = LoopConfig(max_length=batch_length(cfg.task), seed=int(cfg.seed),
                           **OmegaConf.to_container(cfg.train, resolve=True))
     label = f"{cfg.task.name}/{attention_name} seed {cfg.seed}"
     record = None

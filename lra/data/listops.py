@@ -87,7 +87,9 @@ from typing import Any
 
 import numpy as np
 
-from lra.data.token_cache import CacheError, TokenCache, read_cache, write_cache
+from lra.data.archives import progress_bar
+from lra.data.lra_release import release_root
+from lra.data.token_cache import CacheError, TokenCache, file_sha256, read_cache, write_cache
 
 __all__ = [
     "DEFAULT_GENERATOR",
@@ -386,18 +388,6 @@ def _generate_chunk(task: tuple[int, int, int, int, int, int, int]) -> tuple[byt
     return bytes(flat), lengths, labels
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not enabled,
-    )
-
-
 def _default_workers() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -453,7 +443,7 @@ def generate_listops(
     barren = 0  # consecutive chunks that added no new tree
     pool = None
     try:
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("ListOps: generating", total=total)
             while len(unique) < total:
                 need = total - len(unique)
@@ -606,36 +596,6 @@ def _release_files(release_dir: str | os.PathLike | None) -> dict[str, Path]:
     return files
 
 
-def _file_sha256(path: Path, memo_path: Path) -> str:
-    """sha256 of a file, memoised by (size, mtime_ns, inode) in ``memo_path``."""
-    st = path.stat()
-    key = str(path.resolve())
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-    try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-        if not isinstance(memo, dict):
-            memo = {}
-    except (OSError, ValueError):
-        memo = {}
-    entry = memo.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    digest = h.hexdigest()
-    memo[key] = {"stamp": stamp, "sha256": digest}
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass  # memo is only an optimisation
-    return digest
-
-
 # --------------------------------------------------------------------------- #
 # Loading with a cache
 # --------------------------------------------------------------------------- #
@@ -711,9 +671,11 @@ def load_listops(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, pro
         params["value_p"] = VALUE_P
         files = None
     else:
-        files = _release_files(cfg["release_dir"])
+        release_dir = cfg["release_dir"] or release_root(task_cfg, cache_root, needs="listops-1000",
+                                                         progress=progress)
+        files = _release_files(release_dir)
         memo = task_root / ".release-sha256.json"
-        params["files"] = {s: {"name": p.name, "sha256": _file_sha256(p, memo)} for s, p in files.items()}
+        params["files"] = {s: {"name": p.name, "sha256": file_sha256(p, memo)} for s, p in files.items()}
 
     directory = task_root / cache_key(params)
     if directory.exists():
@@ -747,7 +709,7 @@ def load_listops(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, pro
     else:
         assert files is not None
         splits = {}
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             for split, p in files.items():
                 task = bar.add_task(f"ListOps: reading {p.name}", total=p.stat().st_size)
                 seqs: list[np.ndarray] = []

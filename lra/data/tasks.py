@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from lra.data.image import load_image
 from lra.data.listops import load_listops
+from lra.data.retrieval import load_retrieval
+from lra.data.text import load_text
 from lra.data.token_cache import TokenCache
 
 LOADERS: dict[str, Callable[..., TokenCache]] = {
     "listops": load_listops,
+    "text": load_text,
+    "retrieval": load_retrieval,
+    "image": load_image,
 }
 
 
@@ -22,3 +28,8 @@ def load_task(task_cfg: Mapping, cache_root: str | Path, progress: bool = True) 
     if name not in LOADERS:
         raise ValueError(f"task.name={name!r} has no data loader; known tasks: {sorted(LOADERS)}")
     return LOADERS[name](dict(task_cfg), cache_root, progress=progress)
+
+
+def batch_length(task_cfg: Mapping) -> int:
+    """Tokens per batch row: ``max_length``, twice that for two-document tasks (``dual_encoder``)."""
+    return int(task_cfg["max_length"]) * (2 if task_cfg.get("dual_encoder") else 1)

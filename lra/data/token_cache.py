@@ -38,7 +38,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +52,9 @@ __all__ = [
     "CacheError",
     "TokenCache",
     "TokenSplit",
+    "file_sha256",
+    "open_or_build",
+    "params_key",
     "read_cache",
     "token_dtype_for",
     "write_cache",
@@ -411,7 +414,8 @@ def write_cache(
 
     ``splits`` maps a split name to ``(sequences, labels)`` where ``sequences``
     is any iterable of 1-D integer arrays (consumed once, streamed to disk) and
-    ``labels`` an integer array with one entry per sequence.
+    ``labels`` an integer array with one entry per sequence (read only after
+    ``sequences`` is consumed, so a generator may fill a list as it goes).
 
     ``manifest_extra`` must contain ``"task"`` (str) and ``"vocab"`` (list of
     token strings, index = id, id 0 = padding); it usually also holds
@@ -493,3 +497,73 @@ def write_cache(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+# --------------------------------------------------------------------------- #
+# Building a task's cache once
+# --------------------------------------------------------------------------- #
+
+
+def file_sha256(path: Path, memo_path: Path) -> str:
+    """sha256 of a file, memoised by (size, mtime_ns, inode) in ``memo_path``."""
+    st = path.stat()
+    key = str(path.resolve())
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = _sha256(path)
+    memo[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # memo is only an optimisation
+    return digest
+
+
+def params_key(prefix: str, params: Mapping[str, Any]) -> str:
+    """Cache directory name: a readable ``prefix`` plus a hash of every content parameter."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{prefix}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()[:12]}"
+
+
+def open_or_build(
+    directory: str | os.PathLike,
+    params: Mapping[str, Any],
+    build: Callable[[Any], tuple[Mapping[str, tuple[Iterable[np.ndarray], Any]], Mapping[str, Any]]],
+    progress: bool = True,
+) -> TokenCache:
+    """Open the cache in ``directory``, or build it first with ``build(bar) -> (splits, manifest_extra)``.
+
+    ``bar`` is a rich progress bar (byte counts) that stays live while the splits are written, so
+    ``splits`` may hold generators that read their source lazily; a split's labels may be a list
+    that its generator fills, since :func:`write_cache` reads the labels after the sequences.
+    ``params`` (every parameter that changes the content) is stored as the manifest's ``params``;
+    an existing cache whose ``params`` differ raises :class:`CacheError`.  Building goes through
+    :func:`write_cache`, so an interrupted build leaves nothing behind.
+    """
+    from lra.data.archives import progress_bar
+
+    directory = Path(directory)
+    want = json.loads(json.dumps(params, default=str))
+    if not directory.exists():
+        with progress_bar(progress, bytes_=True) as bar:
+            splits, manifest_extra = build(bar)
+            try:
+                write_cache(directory, splits, {**manifest_extra, "params": want})
+            except FileExistsError:
+                pass  # another process completed it first; its copy is read below
+    cache = read_cache(directory)
+    if cache.manifest.get("params") != want:
+        raise CacheError(f"token cache {directory}: manifest parameters do not match the requested ones; "
+                         "delete the directory to rebuild it")
+    return cache
