@@ -157,9 +157,16 @@ def params_for(resolution: int, overrides: Mapping[str, Any] | None = None) -> P
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown Pathfinder generator options {sorted(unknown)}; known: {sorted(known)}")
-    for key in ("paddle_margins", "snake_contrasts", "paddle_contrasts"):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
+    kinds = {"int": int, "float": float, "bool": bool}
+    for key, value in overrides.items():
+        kind = PathfinderParams.__dataclass_fields__[key].type
+        if kind.startswith("tuple"):
+            element = int if "int" in kind else float
+            overrides[key] = tuple(element(v) for v in value)
+        elif kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        else:
+            overrides[key] = kinds[kind](value)
     return replace(PRESETS[resolution], **overrides)
 
 
@@ -271,8 +278,13 @@ class _Canvas:
         return bool(self.zone[paddle.box][paddle.zone].any())
 
     def commit(self, paddle: _Paddle, sign: int = 1) -> None:
-        self.zone[paddle.box] += sign * paddle.zone
-        self.halo[paddle.box] += sign * paddle.halo
+        """Add (sign 1) or remove (sign -1) the paddle's zones."""
+        if sign > 0:
+            self.zone[paddle.box] += paddle.zone
+            self.halo[paddle.box] += paddle.halo
+        else:
+            self.zone[paddle.box] -= paddle.zone
+            self.halo[paddle.box] -= paddle.halo
 
     def draw(self, paddle: _Paddle, contrast: float) -> None:
         np.maximum(self.ink[paddle.box], contrast * paddle.ink, out=self.ink[paddle.box])
@@ -308,31 +320,36 @@ class _Canvas:
 
     def extend(self, last: _Paddle) -> _Paddle | None:
         """The next paddle of a snake whose newest paddle is ``last`` (not committed meanwhile)."""
-        p, m, rng = self.p, self.m, self.rng
-        heading = last.head - last.tail
-        theta_last = math.atan2(heading[0], heading[1])
-        pivot = last.head + m * heading / math.hypot(heading[0], heading[1])
+        p, m, rng, pad = self.p, self.m, self.rng, self.pad
+        dy, dx = last.head[0] - last.tail[0], last.head[1] - last.tail[1]
+        theta_last = math.atan2(dy, dx)
+        norm = math.hypot(dy, dx)
+        pivot_y, pivot_x = last.head[0] + m * dy / norm, last.head[1] + m * dx / norm
         step = p.paddle_length + m
-        count = max(int(round(2 * math.pi * step)), 8)  # about one candidate per pixel of arc
-        angles = np.arange(count) * (2 * math.pi / count)
-        heads = pivot[:, None] + step * np.stack([np.sin(angles), np.cos(angles)])
+        angles, sin, cos = _circle(max(int(round(2 * math.pi * step)), 8))  # ~one candidate per pixel of arc
+        # Candidate end points; the occupied frame of the padded grid covers those off the image.
+        rows = np.floor(pivot_y + step * sin + 0.5).astype(np.intp) + pad
+        cols = np.floor(pivot_x + step * cos + 0.5).astype(np.intp) + pad
         turn = np.abs((angles - theta_last + math.pi) % (2 * math.pi) - math.pi)
-        weight = np.cos(np.minimum(turn * p.continuity, math.pi / 2)) ** 2
-        rows, cols = np.floor(heads + 0.5).astype(int)
-        inside = (rows >= 0) & (rows < self.n) & (cols >= 0) & (cols < self.n)
-        weight[~inside] = 0.0
-        weight[inside] *= self.halo[rows[inside] + self.pad, cols[inside] + self.pad] == 0
+        weight = np.cos(np.minimum(turn * p.continuity, math.pi / 2)) ** 2 * (self.halo[rows, cols] == 0)
         total = weight.sum()
         if total < 1e-4:
             return None
         cdf = np.cumsum(weight / total)
+        pivot = np.array([pivot_y, pivot_x])
         for _ in range(p.max_segment_trials):
-            k = min(int(np.searchsorted(cdf, rng.random(), side="right")), count - 1)
-            direction = np.array([math.sin(angles[k]), math.cos(angles[k])])
+            k = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(angles) - 1)
+            direction = np.array([sin[k], cos[k]])
             paddle = self.paddle(pivot + m * direction, pivot + step * direction)
             if paddle is not None and not self.collides(paddle):
                 return paddle
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _circle(count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    angles = np.arange(count) * (2 * math.pi / count)
+    return angles, np.sin(angles), np.cos(angles)
 
 
 def _grow_targets(canvas: _Canvas) -> list[list[_Paddle]] | None:

@@ -10,10 +10,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lra.data.listops import load_listops
+from lra.data.pathfinder import load_pathfinder
 from lra.data.token_cache import TokenCache
 
 LOADERS: dict[str, Callable[..., TokenCache]] = {
     "listops": load_listops,
+    "pathfinder": load_pathfinder,  # Pathfinder-32
+    "pathx": load_pathfinder,       # Path-X = Pathfinder-128
 }
 
 

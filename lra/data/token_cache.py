@@ -416,8 +416,9 @@ def write_cache(
     ``manifest_extra`` must contain ``"task"`` (str) and ``"vocab"`` (list of
     token strings, index = id, id 0 = padding); it usually also holds
     ``"source"`` (dict), ``"tokenizer"`` (``{"name", "version"}``) and
-    ``"params"`` (dict); any further JSON-serialisable keys are stored as they
-    are.
+    ``"params"`` (dict) and ``"pad_id"`` (default 0; ``None`` where no id is
+    padding, as for pixels); any further JSON-serialisable keys are stored as
+    they are.
 
     Everything is written into a hidden temporary sibling directory which is
     renamed to ``directory`` only once complete.  If ``directory`` already
@@ -456,7 +457,7 @@ def write_cache(
             "params": extra.pop("params", {}),
             "vocab": vocab,
             "vocab_size": len(vocab),
-            "pad_id": 0,
+            "pad_id": extra.pop("pad_id", 0),  # None for pixel tasks: every id is a real token
             "token_dtype": dtype.name,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "splits": split_meta,
