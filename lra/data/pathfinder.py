@@ -287,9 +287,18 @@ def _cache_dir(task_root: Path, prefix: str, params: Mapping[str, Any]) -> Path:
 
 
 def _rows_with_progress(rows: Iterator[np.ndarray], bar, task) -> Iterator[np.ndarray]:
+    bar.start_task(task)
     for row in rows:
         yield row
         bar.update(task, advance=1)
+
+
+def _advance(bar, task):
+    """Progress callback for generated chunks: the split's clock starts with its first chunk."""
+    def advance(count: int) -> None:
+        bar.start_task(task)
+        bar.update(task, advance=count)
+    return advance
 
 
 def _generated_split(cfg: dict, split_index: int, count: int, labels: np.ndarray, on_chunk) -> Iterator[np.ndarray]:
@@ -349,10 +358,9 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
             sizes = {"train": counts["num_train"], "val": counts["num_val"], "test": counts["num_test"]}
             splits = {}
             for index, split in enumerate(SPLITS):
-                task = bar.add_task(f"{name}: generating {split}", total=sizes[split])
+                task = bar.add_task(f"{name}: generating {split}", total=sizes[split], start=False)
                 labels = np.zeros(sizes[split], np.int32)  # filled while write_cache consumes the rows
-                rows = _generated_split(cfg, index, sizes[split], labels,
-                                        on_chunk=lambda k, task=task: bar.update(task, advance=k))
+                rows = _generated_split(cfg, index, sizes[split], labels, on_chunk=_advance(bar, task))
                 splits[split] = (rows, labels)
             source = {
                 "kind": "generator",
@@ -371,7 +379,7 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
                 names = "\n".join(listing.relative(i) for i in idx.tolist())
                 split_lists[split] = {"count": int(idx.size),
                                       "files_sha256": hashlib.sha256(names.encode()).hexdigest()}
-                task = bar.add_task(f"{name}: decoding {split}", total=int(idx.size))
+                task = bar.add_task(f"{name}: decoding {split}", total=int(idx.size), start=False)
                 rows = (decode_image(listing.paths[i], resolution) for i in idx.tolist())
                 splits[split] = (_rows_with_progress(rows, bar, task), listing.labels[idx])
             source = {
