@@ -186,7 +186,7 @@ def samples32():
 def _rasterise_paths(sample: G.PathfinderSample, scale: int = 4) -> np.ndarray:
     """Every snake drawn as one continuous thin polyline (dashes and the gaps between them),
     ``scale`` times finer than the image; values are snake index + 1."""
-    n = sample.params.resolution * scale
+    n = sample.params.resolution * scale + 1  # end points lie in [0, resolution)
     canvas = np.zeros((n, n), np.int32)
     for s, snake in enumerate(sample.snakes):
         points = snake.reshape(-1, 2)  # tail0, head0, tail1, head1, ...
@@ -198,7 +198,19 @@ def _rasterise_paths(sample: G.PathfinderSample, scale: int = 4) -> np.ndarray:
 
 
 def test_generated_positives_join_the_markers_and_negatives_do_not(samples32):
-    for sample in samples32:
+    _check_connectivity(samples32)
+
+
+@pytest.mark.slow
+def test_generated_path_x_positives_join_the_markers_and_negatives_do_not():
+    params = G.params_for(128)
+    samples = [G.generate_sample(params, G._image_rng(9, 0, i)) for i in range(24)]
+    assert {s.label for s in samples} == {0, 1}
+    _check_connectivity(samples)
+
+
+def _check_connectivity(samples):
+    for sample in samples:
         paths = _rasterise_paths(sample)
         components, _ = ndimage.label(paths > 0, structure=np.ones((3, 3)))
         ends = [components[tuple(np.floor(m * 4 + 0.5).astype(int))] for m in sample.markers]
@@ -283,3 +295,37 @@ def test_tiny_training_run_on_generated_pathfinder(compose):
     assert manifest["source"]["kind"] == "generator"
     assert [manifest["splits"][s]["count"] for s in ("train", "val", "test")] == [48, 16, 16]
     assert manifest["splits"]["train"]["min_length"] == manifest["splits"]["train"]["max_length"] == 1024
+
+
+# --------------------------------------------------------------------------- #
+# Protocol presets
+# --------------------------------------------------------------------------- #
+
+
+def _compose_plain(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_official_presets_match_the_lra_pathfinder_configs():
+    pf = _compose_plain("protocol=lra_official", "task=pathfinder")
+    m, o, t = pf.model, pf.optimizer, pf.train
+    assert (m.emb_dim, m.num_heads, m.qkv_dim, m.mlp_dim, m.num_layers) == (32, 4, 16, 32, 4)
+    assert (m.pos_emb, m.pooling, m.dropout_rate, m.attention_dropout_rate) == ("sinusoidal", "mean", 0.2, 0.1)
+    assert (o.schedule.factors, o.schedule.base_learning_rate, o.schedule.warmup_steps) == (
+        "constant*linear_warmup*cosine_decay", 1e-3, 312)
+    assert (t.steps, t.batch_size, o.weight_decay, o.grad_clip.kind) == (62400, 512, 0.0, "none")
+    px = _compose_plain("protocol=lra_official", "task=pathx")
+    assert (px.model.num_layers, px.model.num_heads, px.model.pos_emb) == (1, 2, "learned")
+    assert (px.train.steps, px.train.batch_size, px.optimizer.schedule.warmup_steps) == (500000, 64, 2500)
+    assert (px.optimizer.grad_clip.kind, px.optimizer.grad_clip.max) == ("global_norm", 1.0)
+    for cfg in (pf, px):
+        assert cfg.task.pad_id is None and cfg.quirks.pixel_zero_is_padding is True
+        assert cfg.task.max_length == cfg.task.grid_shape[0] * cfg.task.grid_shape[1]
+    lineage = _compose_plain("protocol=pytorch_lineage", "task=pathfinder")
+    assert (lineage.train.steps, lineage.train.batch_size, lineage.optimizer.schedule.warmup_steps) == (62400, 256, 312)
+    assert lineage.optimizer.schedule.max_learning_rate == 1e-4 and lineage.model.pos_emb == "learned"
