@@ -17,7 +17,8 @@ counts and length statistics, and the sha256 and byte size of every array
 file).
 
 Ids are the tokenizer's ids; id 0 is reserved for padding, which is what
-:meth:`TokenSplit.gather` pads with.
+:meth:`TokenSplit.gather` pads with (pixel tasks have no padding: their
+sequences are all full length and the manifest's ``pad_id`` is ``None``).
 
 Writes are atomic: :func:`write_cache` fills a hidden temporary sibling
 directory and renames it into place only once every file and the manifest are
