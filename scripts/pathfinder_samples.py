@@ -35,7 +35,8 @@ def main() -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(title, fontsize=9)
-    fig.suptitle(f"Built-in generator, LRA parameters, seed {args.seed}: generated images, not the release", fontsize=10)
+    fig.suptitle(f"Built-in generator, LRA parameters, seed {args.seed}: generated images, not the release",
+                 fontsize=10)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

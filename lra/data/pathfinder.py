@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from lra.data.listops import _default_workers, _progress
-from lra.data.pathfinder_generator import GENERATOR_VERSION, PathfinderParams, generate_images, params_for
+from lra.data.pathfinder_generator import GENERATOR_VERSION, generate_images, params_for
 from lra.data.token_cache import CacheError, TokenCache, read_cache, write_cache
 
 __all__ = [
@@ -182,7 +182,8 @@ def read_release_listing(folder: str | os.PathLike, progress: bool = False) -> R
                 subdir, name, label = fields[0], fields[1], fields[LABEL_FIELD]
                 parts = [*subdir.split("/"), name]
                 if any(not part or not _SAFE_PART.match(part) or part in (".", "..") for part in parts):
-                    raise PathfinderFormatError(f"{where}: image path {subdir!r}/{name!r} is not a relative path inside {folder}")
+                    raise PathfinderFormatError(
+                        f"{where}: image path {subdir!r}/{name!r} is not a relative path inside {folder}")
                 if label not in ("0", "1"):
                     raise PathfinderFormatError(f"{where}: label (field {LABEL_FIELD}) {label!r} is not 0 or 1")
                 path = folder.joinpath(*parts)
@@ -370,7 +371,8 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
             }
         else:
             if listing.empty:
-                log.warning("%s: skipped %d zero-byte image(s): %s", name, len(listing.empty), ", ".join(listing.empty[:5]))
+                log.warning("%s: skipped %d zero-byte image(s): %s", name, len(listing.empty),
+                            ", ".join(listing.empty[:5]))
             parts = split_indices(len(listing), cfg["split_seed"])
             splits = {}
             split_lists = {}

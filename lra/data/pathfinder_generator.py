@@ -74,6 +74,7 @@ __all__ = [
     "generate_images",
     "generate_sample",
     "params_for",
+    "sample_grid",
 ]
 
 #: Bumped whenever the generator's output for given parameters changes.
@@ -540,5 +541,3 @@ def sample_grid(params: PathfinderParams, seed: int, per_label: int) -> list[Pat
         i += 1
     return found[0] + found[1]
 
-
-__all__ += ["sample_grid"]
