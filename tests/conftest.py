@@ -25,6 +25,12 @@ TINY_OVERRIDES = [
 ]
 
 
+# Tiny data for other tasks; TINY_OVERRIDES' own task.* entries are ListOps'.
+TINY_TASK_OVERRIDES = {
+    "pathfinder": ["task.generator.num_train=48", "task.generator.num_val=16", "task.generator.num_test=16"],
+}
+
+
 @pytest.fixture
 def compose(tmp_path):
     """compose(*overrides) -> the run config with tiny sizes and every path under tmp_path."""
@@ -32,9 +38,12 @@ def compose(tmp_path):
     from hydra import initialize_config_dir
 
     def _compose(*overrides):
+        task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "listops")
+        tiny = TINY_OVERRIDES if task == "listops" else [
+            *(o for o in TINY_OVERRIDES if not o.startswith("task.")), *TINY_TASK_OVERRIDES.get(task, [])]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose("config", overrides=[
-                *TINY_OVERRIDES, f"paths.data_dir={tmp_path / 'data'}",
+                *tiny, f"paths.data_dir={tmp_path / 'data'}",
                 f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}", *overrides])
 
     return _compose

@@ -29,7 +29,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["ArchiveError", "DownloadError", "download", "extract_tar", "progress_bar"]
+from lra.data.preparation import progress_bar
+
+__all__ = ["ArchiveError", "DownloadError", "download", "extract_tar"]
 
 _CHUNK = 1 << 20
 
@@ -42,14 +44,6 @@ class ArchiveError(RuntimeError):
     """An archive is unreadable or holds a member that may not be extracted (message names both)."""
 
 
-def progress_bar(enabled: bool, *, bytes_: bool = False):
-    """A rich progress bar for long data steps (byte counts with transfer speed when ``bytes_``)."""
-    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TransferSpeedColumn)
-
-    counts = (DownloadColumn(), TransferSpeedColumn()) if bytes_ else (MofNCompleteColumn(),)
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
-                    disable=not enabled)
 
 
 def _content_range_start_total(header: str | None) -> tuple[int, int | None]:

@@ -87,7 +87,7 @@ from typing import Any
 
 import numpy as np
 
-from lra.data.archives import progress_bar
+from lra.data.preparation import default_workers, progress_bar
 from lra.data.lra_release import release_root
 from lra.data.token_cache import CacheError, TokenCache, file_sha256, read_cache, write_cache
 
@@ -388,12 +388,6 @@ def _generate_chunk(task: tuple[int, int, int, int, int, int, int]) -> tuple[byt
     return bytes(flat), lengths, labels
 
 
-def _default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 16))
 
 
 def generate_listops(
@@ -436,7 +430,7 @@ def generate_listops(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     total = num_train + num_val + num_test
-    workers = _default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else workers
 
     unique: dict[bytes, tuple[np.ndarray, int]] = {}
     next_chunk = 0

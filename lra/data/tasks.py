@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lra.data.image import load_image
 from lra.data.listops import load_listops
+from lra.data.pathfinder import load_pathfinder
 from lra.data.retrieval import load_retrieval
 from lra.data.text import load_text
 from lra.data.token_cache import TokenCache
@@ -20,6 +21,8 @@ LOADERS: dict[str, Callable[..., TokenCache]] = {
     "text": load_text,
     "retrieval": load_retrieval,
     "image": load_image,
+    "pathfinder": load_pathfinder,  # Pathfinder-32
+    "pathx": load_pathfinder,       # Path-X = Pathfinder-128
 }
 
 

@@ -17,7 +17,8 @@ counts and length statistics, and the sha256 and byte size of every array
 file).
 
 Ids are the tokenizer's ids; id 0 is reserved for padding, which is what
-:meth:`TokenSplit.gather` pads with.
+:meth:`TokenSplit.gather` pads with (pixel tasks have no padding: their
+sequences are all full length and the manifest's ``pad_id`` is ``None``).
 
 Writes are atomic: :func:`write_cache` fills a hidden temporary sibling
 directory and renames it into place only once every file and the manifest are
@@ -420,8 +421,9 @@ def write_cache(
     ``manifest_extra`` must contain ``"task"`` (str) and ``"vocab"`` (list of
     token strings, index = id, id 0 = padding); it usually also holds
     ``"source"`` (dict), ``"tokenizer"`` (``{"name", "version"}``) and
-    ``"params"`` (dict); any further JSON-serialisable keys are stored as they
-    are.
+    ``"params"`` (dict) and ``"pad_id"`` (default 0; ``None`` where no id is
+    padding, as for pixels); any further JSON-serialisable keys are stored as
+    they are.
 
     Everything is written into a hidden temporary sibling directory which is
     renamed to ``directory`` only once complete.  If ``directory`` already
@@ -460,7 +462,7 @@ def write_cache(
             "params": extra.pop("params", {}),
             "vocab": vocab,
             "vocab_size": len(vocab),
-            "pad_id": 0,
+            "pad_id": extra.pop("pad_id", 0),  # None for pixel tasks: every id is a real token
             "token_dtype": dtype.name,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "splits": split_meta,
@@ -551,7 +553,7 @@ def open_or_build(
     an existing cache whose ``params`` differ raises :class:`CacheError`.  Building goes through
     :func:`write_cache`, so an interrupted build leaves nothing behind.
     """
-    from lra.data.archives import progress_bar
+    from lra.data.preparation import progress_bar
 
     directory = Path(directory)
     want = json.loads(json.dumps(params, default=str))
