@@ -1,0 +1,89 @@
+"""Data parallelism: one mesh axis ``data`` over every device of every process.
+
+    mesh            Mesh(all devices, ('data',))
+    batches         NamedSharding(mesh, P('data')): row i of the global batch lives on device
+                    i // (batch / devices); every process assembles the same global batch and
+                    hands over only the rows its own devices hold (lra.data.batches.to_device)
+    model/optimizer NamedSharding(mesh, P()): replicated, so XLA all-reduces the gradients
+
+The global batch size is the configured one whatever the device count, so the loss is the same
+mean over the same examples (the scaling recipe of Goyal et al. 2017 without its LR rescaling:
+nothing changes but where rows are computed). A batch that does not split evenly over the devices
+is refused with the config key to change.
+
+Several processes (hosts, or one process per GPU under SLURM) join through
+``jax.distributed.initialize()``, which must run before JAX touches a device; see
+``initialize_distributed`` and docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A one-axis mesh over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_divisible(batch_size: int, config_key: str, mesh: Mesh) -> None:
+    """Refuse a global batch that does not split evenly over the data axis."""
+    devices = mesh.shape[DATA_AXIS]
+    if batch_size % devices:
+        raise ValueError(
+            f"{config_key}={batch_size} does not split over {devices} devices "
+            f"({batch_size / devices:g} rows each); set {config_key} to a multiple of {devices} "
+            f"(the global batch is kept, each device gets {config_key} / {devices} rows)")
+
+
+def distributed_requested(setting) -> bool:
+    """Whether this process is one of several: ``distributed.initialize`` = auto | true | false.
+
+    auto joins when the environment describes several processes: JAX's own variables
+    (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES > 1), or a SLURM step with more than one task
+    (srun --ntasks > 1), where ``jax.distributed.initialize()`` reads everything from SLURM.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"distributed.initialize must be auto, true or false; got {setting!r}")
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
+        return True
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1
+
+
+_initialized = False
+
+
+def initialize_distributed(setting) -> None:
+    """Call ``jax.distributed.initialize()`` once per process when requested (before any device use)."""
+    global _initialized
+    if _initialized or not distributed_requested(setting):
+        return
+    jax.distributed.initialize()  # coordinator, process count and id from the cluster environment
+    _initialized = True
+    log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_primary() -> bool:
+    """Process 0 writes files, records and W&B; the others only compute."""
+    return jax.process_index() == 0
