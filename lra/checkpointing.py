@@ -233,14 +233,18 @@ class StopRequest:
     """SIGTERM / SIGINT set ``requested`` (the signal's name); the loop checkpoints and stops.
 
     A second signal of the same kind falls through to the previous handler (Ctrl-C twice
-    interrupts at once). Handlers can only be installed from the main thread; elsewhere this is
-    inert and ``requested`` stays None.
+    interrupts at once). Under submitit (Hydra's SLURM launcher), whose SIGUSR2 handler requeues
+    the job before the time limit, SIGUSR2 is caught too and submitit's handler runs after the
+    checkpoint is saved, on leaving the block. Handlers can only be installed from the main
+    thread; elsewhere this is inert and ``requested`` stays None.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    CHAINED = (signal.SIGUSR2,)  # only when a Python handler (submitit's) is already installed
 
     def __init__(self):
         self.requested: str | None = None
+        self._signum: int | None = None
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
@@ -252,19 +256,22 @@ class StopRequest:
                 signal.signal(signum, signal.SIG_DFL)
                 signal.raise_signal(signum)
             return
-        self.requested = signal.Signals(signum).name
+        self.requested, self._signum = signal.Signals(signum).name, signum
         log.warning("%s received: saving a checkpoint after the current step, then stopping", self.requested)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
+            chained = [s for s in self.CHAINED if callable(signal.getsignal(s))]
+            for signum in (*self.SIGNALS, *chained):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if self._signum in self.CHAINED and callable(previous.get(self._signum)):
+            previous[self._signum](self._signum, None)  # e.g. submitit: requeue the job, then exit
 
 
 def _checkpoint_directory_of(path: Path) -> Path:
