@@ -133,6 +133,10 @@ class RunCheckpoints:
                 self._check_identity(read_run_info(self.directory)["identity"])
         if jax.process_index() == 0 and not run_file.exists():
             atomic_write_text(run_file, json.dumps(self._run_info, indent=2, sort_keys=True, default=str) + "\n")
+        if jax.process_count() > 1:  # the others wait until process 0 has cleared / described the directory
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"lra checkpoint dir {self.directory}")
         self._manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "progress"),
             options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
@@ -152,6 +156,12 @@ class RunCheckpoints:
                 f"the checkpoints in {self.directory} belong to a different config: {shown}{more}. "
                 "Rerun with the original settings to resume, or start over with "
                 "checkpoint.resume=never (deletes them) or a new checkpoint.dir")
+
+    def open_read_only(self) -> "RunCheckpoints":
+        """Open for restoring only: no policy, no identity check, nothing written or deleted."""
+        self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "progress"),
+                                              options=ocp.CheckpointManagerOptions(read_only=True))
+        return self
 
     @property
     def latest_step(self) -> int | None:
@@ -312,12 +322,11 @@ def restore_model(path: str | Path, which: str = "final"):
     model = build_model(cfg, info["vocab_size"], attention_factory, bias_factory)
     tx, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    checkpoints = RunCheckpoints(directory, info["identity"], every_steps=1, keep=1_000_000)
-    checkpoints._manager = ocp.CheckpointManager(directory, item_names=("state", "progress"),
-                                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    checkpoints = RunCheckpoints(directory, info["identity"], every_steps=1, keep=1).open_read_only()
     if checkpoints.latest_step is None:
         raise CheckpointError(f"{directory} holds no checkpoint step")
     _, model_state, _, best_state, _ = checkpoints.restore(nnx.state(model), nnx.state(optimizer))
+    checkpoints.close()
     if which == "best":
         if best_state is None:
             raise CheckpointError(f"{directory}: the run had not evaluated yet; no best-validation parameters")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import CONFIG_DIR, REPO, TINY_OVERRIDES
 
@@ -90,3 +91,21 @@ def test_four_devices_match_one_device_for_the_same_global_batch(tmp_path):
 
     # a global batch that does not split over the devices is refused, naming the key to change
     assert runs["error"] and "train.batch_size=6" in runs["error"] and "4 devices" in runs["error"]
+
+
+def test_distributed_auto_joins_only_when_several_processes_are_described(monkeypatch):
+    from lra.training.sharding import distributed_requested
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert not distributed_requested("auto")
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # an allocation, but this process was not started by srun
+    assert not distributed_requested("auto")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert distributed_requested("auto")
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    assert distributed_requested("auto") and not distributed_requested(False)
+    with pytest.raises(ValueError, match="distributed.initialize"):
+        distributed_requested("sometimes")

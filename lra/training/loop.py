@@ -71,12 +71,14 @@ def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, sharding=None) -> dict:
-    """Loss and accuracy over the (first eval_limit examples of the) split; every example once."""
+def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, rows=None) -> dict:
+    """Loss and accuracy over the (first eval_limit examples of the) split; every example once.
+
+    ``rows``: the batch sharding (None: the default device)."""
     totals = None
     batch_size = cfg.eval_batch_size or cfg.batch_size
     for batch in batching.prefetch_to_device(
-            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, sharding):
+            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, rows):
         sums = eval_fn(model_state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)

@@ -58,8 +58,10 @@ def distributed_requested(setting) -> bool:
     """Whether this process is one of several: ``distributed.initialize`` = auto | true | false.
 
     auto joins when the environment describes several processes: JAX's own variables
-    (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES > 1), or a SLURM step with more than one task
-    (srun --ntasks > 1), where ``jax.distributed.initialize()`` reads everything from SLURM.
+    (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES > 1), or a SLURM job step with more than one
+    task (srun --ntasks > 1 sets SLURM_STEP_NUM_TASKS), where ``jax.distributed.initialize()``
+    reads everything from SLURM. SLURM_NTASKS alone is not enough: a single process started
+    without srun inside a multi-task allocation would wait forever for the others.
     """
     if isinstance(setting, bool):
         return setting
@@ -67,7 +69,7 @@ def distributed_requested(setting) -> bool:
         raise ValueError(f"distributed.initialize must be auto, true or false; got {setting!r}")
     if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
         return True
-    return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
 
 
 _initialized = False
