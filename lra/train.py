@@ -132,10 +132,10 @@ def run(cfg: DictConfig) -> dict:
     run_id = new_run_id(cfg.task.name, attention_name, int(cfg.seed))
     run_dir = _run_dir(cfg, run_id)
     primary = is_primary()
-    if not cfg.checkpoint.dir:  # derived from the run's identity, so a rerun finds it
-        with open_dict(cfg):
-            cfg.checkpoint.dir = str(default_directory(cfg.paths.checkpoints_dir, cfg.protocol.name,
-                                                       cfg.task.name, attention_name, int(cfg.seed)).absolute())
+    checkpoint_dir = cfg.checkpoint.dir or default_directory(  # from the run's identity: a rerun finds it
+        cfg.paths.checkpoints_dir, cfg.protocol.name, cfg.task.name, attention_name, int(cfg.seed))
+    with open_dict(cfg):  # recorded in config.yaml, absolute, for restore_model(run_dir)
+        cfg.checkpoint.dir = str(Path(checkpoint_dir).absolute())
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
