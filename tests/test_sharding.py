@@ -109,3 +109,29 @@ def test_distributed_auto_joins_only_when_several_processes_are_described(monkey
     assert distributed_requested("auto") and not distributed_requested(False)
     with pytest.raises(ValueError, match="distributed.initialize"):
         distributed_requested("sometimes")
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_and_only_process_0_writes(compose, tmp_path):
+    """Two CPU processes x 2 fake devices joined by jax.distributed (env variables, gloo)."""
+    from lra.results import read_records
+    from lra.train import run
+
+    reference = run(compose("train.overhead_pairs=0", f"run_dir={tmp_path / 'reference'}",
+                            f"paths.results_dir={tmp_path / 'reference_results'}"))
+    command = [sys.executable, "-m", "lra.train", *TINY_OVERRIDES, "train.overhead_pairs=0",
+               f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
+               f"paths.checkpoints_dir={tmp_path / 'checkpoints'}", f"run_dir={tmp_path / 'run'}"]
+    base = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_COORDINATOR_ADDRESS": "localhost:18777", "JAX_NUM_PROCESSES": "2"}
+    processes = [subprocess.Popen(command, cwd=tmp_path, env={**base, "JAX_PROCESS_ID": str(i)}, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    [record] = read_records(tmp_path / "results")  # one record, from process 0
+    assert record["device_count"] == "4" and record["status"] == "ok"
+    for key in ("train_loss_final", "val_loss_final", "test_loss_final"):
+        np.testing.assert_allclose(record[key], reference[key], rtol=1e-5, err_msg=key)
+    assert (tmp_path / "checkpoints" / "smoke" / "listops" / "softmax" / "seed0" / "result.json").is_file()

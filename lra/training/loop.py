@@ -153,7 +153,7 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
     states, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     model_graph, model_state = nnx.split(model)
     optimizer_graph, optimizer_state = nnx.split(optimizer)
-    model_state, optimizer_state = jax.device_put((model_state, optimizer_state), states)
+    model_state, optimizer_state = sharding.put_replicated((model_state, optimizer_state), mesh)
 
     start_step, run, best_state = 0, _Progress(), None
     if checkpoints is not None and checkpoints.latest_step is not None:

@@ -44,6 +44,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def put_replicated(tree, mesh: Mesh):
+    """Every array of ``tree`` (model or optimizer state) as a copy on every device of the mesh.
+
+    With several processes ``jax.device_put`` cannot target devices of other processes; each
+    process then contributes its own (identical: same seed) copy for its devices.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # RNG keys travel as their raw data
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), x.shape)
+
+    return jax.tree.map(put, tree)
+
+
 def check_divisible(batch_size: int, config_key: str, mesh: Mesh) -> None:
     """Refuse a global batch that does not split evenly over the data axis."""
     devices = mesh.shape[DATA_AXIS]
@@ -80,7 +98,12 @@ def initialize_distributed(setting) -> None:
     global _initialized
     if _initialized or not distributed_requested(setting):
         return
-    jax.distributed.initialize()  # coordinator, process count and id from the cluster environment
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs (tests); GPUs use NCCL
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # JAX reads only the address from the environment
+        jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),
+                                   int(os.environ["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()  # coordinator, process count and id from SLURM / the TPU environment
     _initialized = True
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
