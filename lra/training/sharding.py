@@ -6,10 +6,10 @@
                     hands over only the rows its own devices hold (lra.data.batches.to_device)
     model/optimizer NamedSharding(mesh, P()): replicated, so XLA all-reduces the gradients
 
-The global batch size is the configured one whatever the device count, so the loss is the same
-mean over the same examples (the scaling recipe of Goyal et al. 2017 without its LR rescaling:
-nothing changes but where rows are computed). A batch that does not split evenly over the devices
-is refused with the config key to change.
+This is synchronous data parallelism with a fixed global batch: ``train.batch_size`` is the
+configured one whatever the device count, so the loss is the same mean over the same examples and
+only where rows are computed changes (no learning-rate rescaling is needed or done). A batch that
+does not split evenly over the devices is refused with the config key to change.
 
 Several processes (hosts, or one process per GPU under SLURM) join through
 ``jax.distributed.initialize()``, which must run before JAX touches a device; see
