@@ -97,6 +97,25 @@ def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _manager(directory: Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()})
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """'model/layers/0/kernel' -> shape, for every array but RNG keys (stored as their raw data)."""
+    return {"/".join(str(getattr(key, "key", key)) for key in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)}
+
+
+def _shape_differences(stored: dict, wanted: dict) -> list[str]:
+    """What keeps arrays of shapes ``wanted`` from being restored out of ``stored``."""
+    return [f"{name}: not in the checkpoint" if name not in stored else
+            f"{name}: checkpoint {stored[name]}, model {shape}"
+            for name, shape in sorted(wanted.items()) if stored.get(name) != shape]
+
+
 def _filled(template, pure: dict):
     state = jax.tree.map(lambda x: x, template)  # a new container; the template is left as it was
     nnx.replace_by_pure_dict(state, pure)
@@ -137,10 +156,8 @@ class RunCheckpoints:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"lra checkpoint dir {self.directory}")
-        self._manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "progress"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
-                                                 cleanup_tmp_directories=True))
+        self._manager = _manager(self.directory, ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, create=True, cleanup_tmp_directories=True))
         if self.resume == "require" and self.latest_step is None and self.finished_record is None:
             raise CheckpointError(f"checkpoint.resume=require but {self.directory} holds no checkpoint")
         return self
@@ -159,8 +176,7 @@ class RunCheckpoints:
 
     def open_read_only(self) -> "RunCheckpoints":
         """Open for restoring only: no policy, no identity check, nothing written or deleted."""
-        self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "progress"),
-                                              options=ocp.CheckpointManagerOptions(read_only=True))
+        self._manager = _manager(self.directory, ocp.CheckpointManagerOptions(read_only=True))
         return self
 
     @property
@@ -200,6 +216,9 @@ class RunCheckpoints:
             target = {"model": _abstract(_pure(model_state)), "optimizer": _abstract(_pure(optimizer_state))}
             if progress["has_best"]:
                 target["best_model"] = target["model"]
+            differences = _shape_differences(_shapes(self._manager.item_metadata(step)["state"]), _shapes(target))
+            if differences:
+                raise ValueError("arrays of other shapes: " + "; ".join(differences[:6]))
             arrays = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target)))["state"]
         except Exception as error:  # Orbax/tensorstore raise many types; all mean "unusable"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import os
 import signal
@@ -80,12 +79,11 @@ def test_a_different_config_is_refused_naming_the_keys(tmp_path):
     fresh.close()
 
 
-# Orbax leaves its cancelled read coroutines to the garbage collector after a failed restore
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_other_shapes_and_corrupted_files_are_clear_errors(tmp_path):
     _saved(tmp_path / "ck", steps=(1,))
     checkpoints = _open(tmp_path / "ck")
-    with pytest.raises(CheckpointError, match=r"cannot restore checkpoint .*ck/1.*other shapes"):
+    with pytest.raises(CheckpointError, match=r"cannot restore checkpoint .*ck/1.*other shapes: "
+                                              r"model/layers/0/bias: checkpoint \(3,\), model \(5,\)"):
         checkpoints.restore(*_states(features=5))
     for path in (tmp_path / "ck" / "1" / "state").rglob("*"):
         if path.is_file() and path.parent.name == "d":  # the array data files
@@ -93,7 +91,6 @@ def test_other_shapes_and_corrupted_files_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"cannot restore checkpoint .*ck/1"):
         checkpoints.restore(*_states())
     checkpoints.close()
-    gc.collect()  # those coroutines go now, under this test's warning filter
     (tmp_path / "ck" / "run.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"run\.json is unreadable"):
         _open(tmp_path / "ck")
