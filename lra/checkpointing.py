@@ -29,6 +29,7 @@ into a template of the same structure).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -209,7 +210,7 @@ class RunCheckpoints:
     def restore(self, model_state, optimizer_state, step: int | None = None):
         """-> (step, model state, optimizer state, best model state or None, progress dict)."""
         step = self.latest_step if step is None else step
-        where = self.directory / str(step)
+        where, failure = self.directory / str(step), None
         try:
             progress = self._manager.restore(step, args=ocp.args.Composite(
                 progress=ocp.args.JsonRestore()))["progress"]
@@ -222,10 +223,13 @@ class RunCheckpoints:
             arrays = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target)))["state"]
         except Exception as error:  # Orbax/tensorstore raise many types; all mean "unusable"
+            failure = f"{type(error).__name__}: {str(error)[:400]}"
+        if failure is not None:
+            gc.collect()  # finalise the read tasks Orbax abandoned, now rather than at a random later time
             raise CheckpointError(
-                f"cannot restore checkpoint {where}: {type(error).__name__}: {str(error)[:400]}. It is "
-                "corrupted or holds other shapes; delete that step folder to fall back to an older "
-                "one, or start over with checkpoint.resume=never") from error
+                f"cannot restore checkpoint {where}: {failure}. It is corrupted or holds other shapes; "
+                "delete that step folder to fall back to an older one, or start over with "
+                "checkpoint.resume=never")
         best = _filled(model_state, arrays["best_model"]) if progress["has_best"] else None
         return (step, _filled(model_state, arrays["model"]), _filled(optimizer_state, arrays["optimizer"]),
                 best, progress)
