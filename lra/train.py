@@ -8,7 +8,9 @@ configured attention, trains, evaluates, and leaves:
     <run dir>/config.yaml    the fully resolved config
     <run dir>/metrics.csv    train/val/test metrics at every logging point
     <run dir>/result.json    the run's result record (also stored under <results_dir>/records/)
-and W&B logs of the same metrics when ``logger.wandb.enabled``.
+and W&B logs of the same metrics when ``logger.wandb.enabled``. Checkpoints go to a directory
+derived from the run's identity (``checkpoint.*``), so rerunning a preempted command resumes it;
+it exits with code 75 (EX_TEMPFAIL) after saving one on SIGTERM/SIGINT. See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -16,24 +18,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 import jax
 from flax import nnx
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attention.base import HARNESS_KEYS
 from lra.atomic_files import atomic_write_text
+from lra.checkpointing import EXIT_PREEMPTED, Preempted, RunCheckpoints, StopRequest, default_directory, run_identity
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import DualEncoder, Encoder, count_parameters
 from lra.registry import POSITIONAL_BIAS_CONFIGS
 from lra.results import new_run_id, write_record
 from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
-from lra.training.loop import LoopConfig, train_and_evaluate
+from lra.training.loop import DivergenceError, LoopConfig, train_and_evaluate
 from lra.training.optimizer import build_optimizer
+from lra.training.sharding import initialize_distributed, is_primary
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -108,38 +115,80 @@ def _run_dir(cfg: DictConfig, run_id: str) -> Path:
     return Path("outputs") / run_id
 
 
+def _checkpoints(cfg: DictConfig, resolved: dict, vocab_size: int) -> RunCheckpoints | None:
+    """The run's checkpoint directory (``checkpoint.*``), opened under its resume policy; None if off."""
+    if not cfg.checkpoint.enabled:
+        return None
+    return RunCheckpoints(cfg.checkpoint.dir, run_identity(resolved), every_steps=int(cfg.checkpoint.every_steps),
+                          keep=int(cfg.checkpoint.keep), resume=cfg.checkpoint.resume, vocab_size=vocab_size,
+                          config=resolved).open()
+
+
+# What a diverged run reports instead of accuracies: nothing (None), never a made-up 0.
+DIVERGED_METRICS = {key: None for key in (
+    "val_accuracy_best", "val_accuracy_final", "test_accuracy_final", "test_accuracy_best_val",
+    "val_loss_final", "test_loss_final", "test_loss_best_val", "train_loss_final")}
+
+
 def run(cfg: DictConfig) -> dict:
-    """One full run; returns its result record (already written to the results store)."""
+    """One full run; returns its result record (already written to the results store).
+
+    With checkpoints on, a rerun of an unfinished run resumes it and a rerun of a finished one
+    returns the stored record. SIGTERM/SIGINT checkpoint and raise ``Preempted``; a diverged run
+    gets a record with ``status: diverged`` and no accuracies. Only process 0 writes anything.
+    """
     attention_name, attention_factory, attention_kwargs = build_attention(task_attention_config(cfg))
     bias_name, bias_factory, bias_kwargs, bias_from_cli = build_positional_bias(cfg)
     if bias_from_cli:  # a bias add-on makes a different model: its own leaderboard row
         attention_name = f"{attention_name}+{bias_name}"
     run_id = new_run_id(cfg.task.name, attention_name, int(cfg.seed))
     run_dir = _run_dir(cfg, run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    primary = is_primary()
+    checkpoint_dir = cfg.checkpoint.dir or default_directory(  # from the run's identity: a rerun finds it
+        cfg.paths.checkpoints_dir, cfg.protocol.name, cfg.task.name, attention_name, int(cfg.seed),
+        run_identity(OmegaConf.to_container(cfg, resolve=True)))
+    with open_dict(cfg):  # recorded in config.yaml, absolute, for restore_model(run_dir)
+        cfg.checkpoint.dir = str(Path(checkpoint_dir).absolute())
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
     cache = load_task(cfg.task, cfg.paths.data_dir, progress=cfg.progress)
+    checkpoints = _checkpoints(cfg, resolved, cache.vocab_size)
+    if checkpoints is not None and checkpoints.finished_record is not None:
+        finished = checkpoints.finished_record
+        log.info("%s finished before (record %s); returning its record. checkpoint.resume=never "
+                 "starts it over", checkpoints.directory, finished.get("run_id"))
+        checkpoints.close()
+        return finished
     model = build_model(cfg, cache.vocab_size, attention_factory, bias_factory)
     tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     wandb_sink = None
-    if cfg.logger.wandb.enabled:
+    if cfg.logger.wandb.enabled and primary:
         wandb_sink = WandbSink(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
                                mode=cfg.logger.wandb.mode, run_dir=run_dir, name=run_id, config=resolved,
                                tags=[cfg.task.name, attention_name, cfg.protocol.name])
-    sinks = MetricSinks(CsvMetricsWriter(run_dir), wandb_sink)
+    sinks = MetricSinks(CsvMetricsWriter(run_dir), wandb_sink) if primary else None
     loop_cfg = LoopConfig(max_length=batch_length(cfg.task), seed=int(cfg.seed),
                           **OmegaConf.to_container(cfg.train, resolve=True))
     label = f"{cfg.task.name}/{attention_name} seed {cfg.seed}"
     record = None
     try:
-        with ProgressBar(label, loop_cfg.steps, enabled=cfg.progress) as progress:
-            metrics = train_and_evaluate(model, optimizer, learning_rate,
-                                         {split: cache[split] for split in ("train", "val", "test")},
-                                         loop_cfg, sinks.log, progress)
+        with StopRequest() as stop, ProgressBar(label, loop_cfg.steps, enabled=cfg.progress and primary) as progress:
+            try:
+                metrics = train_and_evaluate(model, optimizer, learning_rate,
+                                             {split: cache[split] for split in ("train", "val", "test")},
+                                             loop_cfg, sinks.log if sinks else _discard, progress,
+                                             checkpoints=checkpoints, stop=stop)
+                outcome = {"status": "ok"}
+            except DivergenceError as error:
+                log.error("%s: %s", label, error)
+                metrics = DIVERGED_METRICS
+                outcome = {"status": "diverged", "diverged_at_step": error.step,
+                           "last_checkpoint_step": error.last_checkpoint, "divergence": str(error)}
         record = {
             "run_id": run_id, "task": cfg.task.name, "attention": attention_name,
             "attention_config": attention_kwargs, "positional_bias_config": bias_kwargs,
@@ -150,13 +199,26 @@ def run(cfg: DictConfig) -> dict:
             "model_config": OmegaConf.to_container(cfg.model, resolve=True),
             "optimizer_config": OmegaConf.to_container(cfg.optimizer, resolve=True),
             "param_count": count_parameters(model), "data_cache": cache.directory.name,
-            **metrics, **provenance(), "run_dir": str(run_dir.resolve()),
+            **outcome, **metrics, **provenance(), "run_dir": str(run_dir.resolve()),
         }
-        atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2, default=str) + "\n")
-        write_record(cfg.paths.results_dir, record)
+        if primary:
+            atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2, default=str) + "\n")
+            write_record(cfg.paths.results_dir, record)
+        if checkpoints is not None:
+            checkpoints.finish(record)
+    except Preempted as preempted:
+        log.warning("%s: %s", label, preempted)
+        raise
     finally:
-        sinks.close(record)
+        if sinks is not None:
+            sinks.close(record)
+        if checkpoints is not None:
+            checkpoints.close()
     return record
+
+
+def _discard(step: int, split: str, metrics: dict) -> None:
+    """The metric sink of processes other than 0."""
 
 
 class ProgressBar:
@@ -191,8 +253,13 @@ class ProgressBar:
 def main(cfg: DictConfig) -> float:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" noise
-    record = run(cfg)
-    return float(record["val_accuracy_best"])
+    initialize_distributed(cfg.distributed.initialize)  # before anything touches a device
+    try:
+        record = run(cfg)
+    except Preempted:
+        sys.exit(EXIT_PREEMPTED)  # checkpoint saved; a rerun (or SLURM requeue) continues
+    best = record["val_accuracy_best"]
+    return float("nan") if best is None else float(best)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def compose(tmp_path):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose("config", overrides=[
                 *tiny, f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}", *overrides])
+                f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}",
+                "checkpoint.dir=${run_dir}/checkpoints", *overrides])  # a run's own checkpoints
 
     return _compose

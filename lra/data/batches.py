@@ -33,17 +33,23 @@ def _assemble(split: TokenSplit, indices: np.ndarray, batch_size: int, max_lengt
 
 
 def train_batches(split: TokenSplit, batch_size: int, max_length: int, seed: int,
-                  limit_examples: int | None = None) -> Iterator[dict]:
-    """Endless training batches; epoch e uses permutation rng(seed, e) of the (first limit) examples."""
+                  limit_examples: int | None = None, start: int = 0) -> Iterator[dict]:
+    """Endless training batches; epoch e uses permutation rng(seed, e) of the (first limit) examples.
+
+    ``start`` skips that many batches (a resumed run's step count) without assembling them: batch
+    i is batch i % per_epoch of epoch i // per_epoch, so the position needs no saved state.
+    """
     count = len(split) if limit_examples is None else min(limit_examples, len(split))
     if count < batch_size:
         raise ValueError(f"train split has {count} examples, fewer than one batch of {batch_size}")
-    epoch = 0
+    per_epoch = count // batch_size  # the remainder of each permutation is dropped
+    epoch, offset = divmod(start, per_epoch)
     while True:
         order = np.random.default_rng([seed, epoch]).permutation(count)
-        for start in range(0, count - batch_size + 1, batch_size):
-            yield _assemble(split, order[start:start + batch_size], batch_size, max_length)
-        epoch += 1
+        for index in range(offset, per_epoch):
+            rows = order[index * batch_size:(index + 1) * batch_size]
+            yield _assemble(split, rows, batch_size, max_length)
+        epoch, offset = epoch + 1, 0
 
 
 def eval_batches(split: TokenSplit, batch_size: int, max_length: int,
@@ -54,8 +60,20 @@ def eval_batches(split: TokenSplit, batch_size: int, max_length: int,
         yield _assemble(split, np.arange(start, min(start + batch_size, count)), batch_size, max_length)
 
 
+def to_device(batch: dict, sharding=None) -> dict:
+    """A host batch -> device arrays laid out by ``sharding`` (e.g. rows split over a data axis).
+
+    With several processes every one assembles the same global batch and contributes the rows
+    its own devices hold (``jax.make_array_from_process_local_data`` with the global shape).
+    """
+    if sharding is None or jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return {key: jax.make_array_from_process_local_data(sharding, value, value.shape)
+            for key, value in batch.items()}
+
+
 def prefetch_to_device(batches: Iterator[dict], size: int = 2, sharding=None) -> Iterator[dict]:
-    """Yield device-resident batches, produced ``size`` ahead by a daemon thread."""
+    """Yield device-resident batches (laid out by ``sharding``), produced ``size`` ahead by a thread."""
     monotonic = time.monotonic  # bound now: the finally below may run at interpreter shutdown
     buffer: queue.Queue = queue.Queue(maxsize=size)
     done = object()
@@ -66,7 +84,7 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2, sharding=None) ->
             for batch in batches:
                 if stop.is_set():
                     return
-                buffer.put(jax.device_put(batch, sharding))
+                buffer.put(to_device(batch, sharding))
             buffer.put(done)
         except BaseException as error:  # surfaced in the consumer
             buffer.put(error)

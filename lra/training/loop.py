@@ -1,10 +1,13 @@
 """The training loop: one readable function from (model, optimizer, data) to a run's metrics.
 
-    compile train and eval steps once (ahead of time, timed, memory-analysed)
-    for step in 1..steps:
+    resume from the newest checkpoint if there is one (states, step, metrics so far)
+    compile train and eval steps once (ahead of time, timed, memory-analysed, data-parallel)
+    for step in start+1..steps:
         state = train_step(state, next prefetched batch)        # no host sync here
-        every log_every steps: fetch the window's metrics (one sync), time the window
+        every log_every steps: fetch the window's metrics (one sync), time the window,
+                               stop if a loss or gradient norm is not finite
         every eval_every steps: full validation pass; keep the best-validation parameters
+        every checkpoint.every_steps steps, and on SIGTERM/SIGINT: checkpoint (then stop)
     test with the final parameters and with the best-validation parameters
     host overhead: alternate windows fed by the prefetched pipeline and by one resident batch
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import statistics
 import time
 import warnings
@@ -27,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lra.checkpointing import Preempted, RunCheckpoints, StopRequest
 from lra.data import batches as batching
 from lra.data.token_cache import TokenSplit
 from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
+from lra.training import sharding
 from lra.training.steps import compile_step, make_eval_step, make_train_step
 
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -51,19 +57,28 @@ class LoopConfig:
 
 
 class DivergenceError(RuntimeError):
-    pass
+    """A non-finite loss or gradient norm: the run stops; its last good checkpoint is kept."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, last_checkpoint: int | None):
+        self.step, self.last_checkpoint = step, last_checkpoint
+        kept = (f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint
+                else "no checkpoint was saved before it")
+        super().__init__(f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm} "
+                         f"(not finite); {kept}")
 
 
 def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig) -> dict:
-    """Loss and accuracy over the (first eval_limit examples of the) split; every example once."""
+def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, rows=None) -> dict:
+    """Loss and accuracy over the (first eval_limit examples of the) split; every example once.
+
+    ``rows``: the batch sharding (None: the default device)."""
     totals = None
     batch_size = cfg.eval_batch_size or cfg.batch_size
     for batch in batching.prefetch_to_device(
-            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch):
+            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, rows):
         sums = eval_fn(model_state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -72,72 +87,158 @@ def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig) -> dict:
             "examples": int(count)}
 
 
+@dataclasses.dataclass
+class _Progress:
+    """Everything besides the arrays that a resumed run needs to continue exactly."""
+
+    best: dict = dataclasses.field(default_factory=lambda: {"accuracy": -1.0, "step": 0})
+    last_train: dict = dataclasses.field(default_factory=dict)
+    last_val: dict = dataclasses.field(default_factory=dict)
+    window_times: list = dataclasses.field(default_factory=list)
+    history: list = dataclasses.field(default_factory=list)  # every (step, split, metrics) logged
+    pending: list = dataclasses.field(default_factory=list)  # per-step metrics of the open window
+
+    def to_json(self, pending_values: list[dict]) -> dict:
+        fields = {name: getattr(self, name) for name in ("best", "last_train", "last_val", "window_times",
+                                                         "history")}
+        dtypes = {key: np.asarray(value).dtype.name for key, value in (pending_values or [{}])[0].items()}
+        return {**fields, "pending": [{key: float(v) for key, v in values.items()} for values in pending_values],
+                "pending_dtypes": dtypes}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> "_Progress":
+        # the open window's values come back in their own dtypes, so its mean is the same number
+        pending = [{key: np.asarray(value, jnp.dtype(saved["pending_dtypes"][key])) for key, value in values.items()}
+                   for values in saved["pending"]]
+        return cls(best=saved["best"], last_train=saved["last_train"], last_val=saved["last_val"],
+                   window_times=saved["window_times"], history=saved["history"], pending=pending)
+
+
+def _check_finite(values: list[dict], first_step: int, last_checkpoint: int | None) -> None:
+    for offset, value in enumerate(values):
+        if not (np.isfinite(value["loss"]) and np.isfinite(value["grad_norm"])):
+            raise DivergenceError(first_step + offset, float(value["loss"]), float(value["grad_norm"]),
+                                  last_checkpoint)
+
+
+def _stop_agreed(stop, at_window: bool) -> bool:
+    """Whether every process saw a stop signal. One process: checked every step; several: at
+    logging windows only, where one small all-gather keeps them stopping at the same step."""
+    if stop is None:
+        return False
+    if jax.process_count() == 1:
+        return stop.requested is not None
+    if not at_window:
+        return False
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(stop.requested is not None))))
+
+
 def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rate: Callable,
                        splits: dict[str, TokenSplit], cfg: LoopConfig, log: Callable[[int, str, dict], None],
-                       progress: Callable[[int, dict], None] | None = None) -> dict:
-    """Train for cfg.steps; return accuracies, losses, timings and memory figures of the run."""
+                       progress: Callable[[int, dict], None] | None = None, *,
+                       checkpoints: RunCheckpoints | None = None, stop: StopRequest | None = None,
+                       mesh=None) -> dict:
+    """Train for cfg.steps; return accuracies, losses, timings and memory figures of the run.
+
+    ``mesh`` (default: every device) makes the steps data-parallel; ``checkpoints`` resumes from
+    and saves to a run's checkpoint directory; ``stop`` (a StopRequest) ends the run early with a
+    checkpoint and ``Preempted``. A non-finite loss or gradient raises ``DivergenceError``.
+    """
+    mesh = sharding.data_mesh() if mesh is None else mesh
+    eval_batch_size = cfg.eval_batch_size or cfg.batch_size
+    sharding.check_divisible(cfg.batch_size, "train.batch_size", mesh)
+    sharding.check_divisible(eval_batch_size, "train.eval_batch_size", mesh)
+    states, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     model_graph, model_state = nnx.split(model)
     optimizer_graph, optimizer_state = nnx.split(optimizer)
+    model_state, optimizer_state = sharding.put_replicated((model_state, optimizer_state), mesh)
+
+    start_step, run, best_state = 0, _Progress(), None
+    if checkpoints is not None and checkpoints.latest_step is not None:
+        start_step, model_state, optimizer_state, best_state, saved = checkpoints.restore(model_state, optimizer_state)
+        run = _Progress.from_json(saved)
+        logging.getLogger(__name__).info("resuming at step %d of %d from %s", start_step, cfg.steps,
+                                         checkpoints.directory)
+        for step, split, metrics in run.history:  # the new run directory and W&B run get every row
+            log(step, split, metrics)
+    last_checkpoint = start_step or None
+
+    def log_and_keep(step, split, metrics):
+        run.history.append([step, split, metrics])
+        log(step, split, metrics)
+
     train_iter: Iterator[dict] = batching.prefetch_to_device(
-        batching.train_batches(splits["train"], cfg.batch_size, cfg.max_length, cfg.seed, cfg.train_limit),
-        cfg.prefetch)
+        batching.train_batches(splits["train"], cfg.batch_size, cfg.max_length, cfg.seed, cfg.train_limit,
+                               start=start_step), cfg.prefetch, rows)
     first_batch = next(train_iter)
-    eval_example = jax.device_put(next(batching.eval_batches(
-        splits["val"], cfg.eval_batch_size or cfg.batch_size, cfg.max_length, cfg.eval_limit)))
+    eval_example = batching.to_device(next(batching.eval_batches(
+        splits["val"], eval_batch_size, cfg.max_length, cfg.eval_limit)), rows)
 
     start = time.perf_counter()
     train_fn = compile_step(make_train_step(model_graph, optimizer_graph), model_state, optimizer_state,
-                            first_batch, donate_argnums=(0, 1))
+                            first_batch, donate_argnums=(0, 1), in_shardings=(states, states, rows),
+                            out_shardings=states)
     compile_time = time.perf_counter() - start
     start = time.perf_counter()
-    eval_fn = compile_step(make_eval_step(model_graph), model_state, eval_example)
+    eval_fn = compile_step(make_eval_step(model_graph), model_state, eval_example,
+                           in_shardings=(states, rows), out_shardings=states)
     eval_compile_time = time.perf_counter() - start
 
-    window_times, pending = [], []
-    best = {"accuracy": -1.0, "step": 0}
-    best_state = None
-    last_train: dict = {}
     batch = first_batch
     window_start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    for step in range(start_step + 1, cfg.steps + 1):
         model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, batch)
-        pending.append(metrics)
+        run.pending.append(metrics)
         is_eval = step % cfg.eval_every == 0 or step == cfg.steps
-        if step % cfg.log_every == 0 or is_eval:
-            values = jax.device_get(pending)
-            window_times.append((time.perf_counter() - window_start) / len(pending))
-            last_train = {key: float(np.mean([v[key] for v in values])) for key in values[0]}
-            if not np.isfinite(last_train["loss"]):
-                raise DivergenceError(f"training diverged: loss {last_train['loss']} at step {step}")
-            last_train.update(learning_rate=float(learning_rate(step - 1)), step_time_s=window_times[-1],
-                              examples_per_s=cfg.batch_size / window_times[-1])
-            log(step, "train", last_train)
-            pending = []
+        is_window = step % cfg.log_every == 0 or is_eval
+        if is_window:
+            values = jax.device_get(run.pending)
+            run.window_times.append((time.perf_counter() - window_start) / len(run.pending))
+            _check_finite(values, step - len(values) + 1, last_checkpoint)
+            run.last_train = {key: float(np.mean([v[key] for v in values])) for key in values[0]}
+            run.last_train.update(learning_rate=float(learning_rate(step - 1)), step_time_s=run.window_times[-1],
+                                  examples_per_s=cfg.batch_size / run.window_times[-1])
+            log_and_keep(step, "train", run.last_train)
+            run.pending = []
         if is_eval:
-            val = evaluate(eval_fn, model_state, splits["val"], cfg)
-            log(step, "val", val)
-            if val["accuracy"] > best["accuracy"]:
-                best = {"accuracy": val["accuracy"], "loss": val["loss"], "step": step}
+            val = evaluate(eval_fn, model_state, splits["val"], cfg, rows)
+            log_and_keep(step, "val", val)
+            if val["accuracy"] > run.best["accuracy"]:
+                run.best = {"accuracy": val["accuracy"], "loss": val["loss"], "step": step}
                 best_state = _copy(model_state)
-            last_val = val
-        if progress is not None and (step % cfg.log_every == 0 or is_eval):
-            progress(step, {"loss": last_train.get("loss"), "val": best["accuracy"]})
+            run.last_val = val
+        if progress is not None and is_window:
+            progress(step, {"loss": run.last_train.get("loss"), "val": run.best["accuracy"]})
+        stopping = _stop_agreed(stop, is_window)
+        if checkpoints is not None and (checkpoints.due(step, cfg.steps) or stopping):
+            saving = time.perf_counter()
+            pending = jax.device_get(run.pending)
+            _check_finite(pending, step - len(pending) + 1, last_checkpoint)  # never save a diverged state
+            checkpoints.save(step, model_state, optimizer_state, best_state, run.to_json(pending))
+            last_checkpoint = step
+            window_start += time.perf_counter() - saving  # a window times training only
+        if stopping:
+            raise Preempted(step, stop.requested, checkpoints.directory if checkpoints else None)
         if step < cfg.steps:
-            if is_eval or step % cfg.log_every == 0:
+            if is_window:
                 window_start = time.perf_counter()  # a window covers fetching and stepping only
             batch = next(train_iter)
 
-    test_final = evaluate(eval_fn, model_state, splits["test"], cfg)
-    test_best = evaluate(eval_fn, best_state, splits["test"], cfg)
+    test_final = evaluate(eval_fn, model_state, splits["test"], cfg, rows)
+    test_best = evaluate(eval_fn, best_state, splits["test"], cfg, rows)
     log(cfg.steps, "test_final", test_final)
     log(cfg.steps, "test_best_val", test_best)
 
+    window_times = run.window_times
     steady = window_times[1:] if len(window_times) > 1 else window_times
     step_time = statistics.median(steady)
     pipeline_time, resident_time = _host_overhead_timing(
         train_fn, model_state, optimizer_state, train_iter, batch, cfg.overhead_pairs, cfg.log_every)
     nnx.update(model, model_state)
     nnx.update(optimizer, optimizer_state)
+    best, last_val, last_train = run.best, run.last_val, run.last_train
     return {
         "val_accuracy_best": best["accuracy"], "best_step": best["step"],
         "val_accuracy_final": last_val["accuracy"], "val_loss_final": last_val["loss"],
@@ -153,6 +254,7 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
         "compile_time_s": compile_time, "eval_compile_time_s": eval_compile_time,
         "flops_per_step": compiled_flops(train_fn), **compiled_memory(train_fn),
         "device_peak_bytes": device_peak_bytes(),
+        "resumed_from_step": start_step or None,
     }
 
 

@@ -51,6 +51,13 @@ def make_eval_step(model_graph: nnx.GraphDef):
     return eval_step
 
 
-def compile_step(step_fn, *example_args, donate_argnums=()):
-    """Ahead-of-time compile; the result refuses other shapes instead of silently recompiling."""
-    return jax.jit(step_fn, donate_argnums=donate_argnums).lower(*example_args).compile()
+def compile_step(step_fn, *example_args, donate_argnums=(), in_shardings=None, out_shardings=None):
+    """Ahead-of-time compile; the result refuses other shapes instead of silently recompiling.
+
+    With shardings (lra.training.sharding) the step runs data-parallel: batches split over the
+    data axis, states replicated, gradients all-reduced by XLA.
+    """
+    shardings = {"in_shardings": in_shardings, "out_shardings": out_shardings}
+    jitted = jax.jit(step_fn, donate_argnums=donate_argnums,
+                     **{key: value for key, value in shardings.items() if value is not None})
+    return jitted.lower(*example_args).compile()

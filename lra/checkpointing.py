@@ -1,0 +1,364 @@
+"""Checkpoints that let a run survive preemption, and a trained model restored from one.
+
+A run's checkpoint directory (Orbax ``CheckpointManager``; each step is written to a temporary
+folder and renamed once complete, so a save killed half-way leaves nothing that looks finished):
+
+    <checkpoint dir>/
+        run.json             the run's identity (resolved config minus where and how it logs),
+                             the full resolved config and the vocabulary size
+        <step>/state/        model state (parameters and RNG stream counters), optimizer state
+                             (moments, step count) and the best-validation model state
+        <step>/progress/     JSON: best and last metrics, every metric row logged so far, window
+                             timings and the metrics of the logging window in flight
+        result.json          the finished run's record; present once the run is done
+
+The directory is a function of the run's identity, not of Hydra's timestamped run directory, so
+rerunning the same command finds it: an unfinished run resumes from its newest step, a finished
+one returns its record without training again. ``checkpoint.resume`` says what to do with an
+existing directory (auto | never | require). A directory written by a different config, a
+corrupted file or a state of other shapes is a ``CheckpointError`` naming the path and the keys
+that differ; never a silent fresh start.
+
+The data position needs no state of its own: training batches are a pure function of
+(seed, epoch, position), so the step count is the iterator position (``lra.data.batches``).
+
+``restore_model`` rebuilds the encoder of a run and loads its final or best-validation parameters.
+The layout follows the Flax NNX checkpointing guide (split the state, save it with Orbax, restore
+into a template of the same structure).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from lra.atomic_files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+RESUME_POLICIES = ("auto", "never", "require")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, try again" - rerun to continue
+
+# Config entries that may change between attempts of one run without changing what it computes.
+VOLATILE_KEYS = ("run_dir", "progress", "paths", "logger", "checkpoint", "distributed", "hydra",
+                 "train.overhead_pairs", "train.prefetch")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class Preempted(Exception):
+    """Raised by the training loop after it saved a checkpoint on SIGTERM/SIGINT."""
+
+    def __init__(self, step: int, signal_name: str, directory: Path | None):
+        self.step, self.signal_name, self.directory = step, signal_name, directory
+        where = f"checkpoint saved in {directory}" if directory else "checkpointing is off: nothing saved"
+        super().__init__(f"{signal_name} at step {step}: {where}; rerun the same command to continue")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1} (lists stay values)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_identity(resolved_config: dict) -> dict:
+    """The flattened config entries that decide what a run computes (VOLATILE_KEYS removed)."""
+    return {key: value for key, value in flatten(resolved_config).items()
+            if not any(key == v or key.startswith(f"{v}.") for v in VOLATILE_KEYS)}
+
+
+def default_directory(root: str | Path, protocol: str, task: str, attention: str, seed: int,
+                      identity: dict) -> Path:
+    """``<root>/<protocol>/<task>/<attention>/seed<seed>-<hash>``: the hash of ``run_identity`` makes
+    every rerun of one command find its directory, while a changed hyperparameter gets its own."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return Path(root) / protocol / task / attention.replace("/", "_") / f"seed{seed}-{digest}"
+
+
+def _pure(state) -> dict:
+    return nnx.to_pure_dict(state)
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _manager(directory: Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()})
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """'model/layers/0/kernel' -> shape, for every array but RNG keys (stored as their raw data)."""
+    return {"/".join(str(getattr(key, "key", key)) for key in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)}
+
+
+def _shape_differences(stored: dict, wanted: dict) -> list[str]:
+    """What keeps arrays of shapes ``wanted`` from being restored out of ``stored``."""
+    return [f"{name}: not in the checkpoint" if name not in stored else
+            f"{name}: checkpoint {stored[name]}, model {shape}"
+            for name, shape in sorted(wanted.items()) if stored.get(name) != shape]
+
+
+def _filled(template, pure: dict):
+    state = jax.tree.map(lambda x: x, template)  # a new container; the template is left as it was
+    nnx.replace_by_pure_dict(state, pure)
+    return state
+
+
+class RunCheckpoints:
+    """The checkpoints of one run: resume policy, identity check, periodic saves, completion."""
+
+    def __init__(self, directory: str | Path, identity: dict, *, every_steps: int, keep: int,
+                 resume: str = "auto", vocab_size: int | None = None, config: dict | None = None):
+        if resume not in RESUME_POLICIES:
+            raise CheckpointError(f"checkpoint.resume must be one of {RESUME_POLICIES}; got {resume!r}")
+        if every_steps < 1 or keep < 1:
+            raise CheckpointError(f"checkpoint.every_steps and checkpoint.keep must be >= 1; "
+                                  f"got {every_steps} and {keep}")
+        self.directory = Path(directory).absolute()
+        self.identity, self.every_steps, self.keep, self.resume = identity, every_steps, keep, resume
+        self._run_info = {"identity": identity, "vocab_size": vocab_size, "config": config}
+        self._manager: ocp.CheckpointManager | None = None
+
+    # -- opening: what is there, and may we use it ------------------------------------------------
+    def open(self) -> "RunCheckpoints":
+        run_file = self.directory / RUN_FILE
+        if self.directory.exists() and any(self.directory.iterdir()):
+            if not run_file.is_file():
+                raise CheckpointError(f"{self.directory} is not empty and has no {RUN_FILE}: not a "
+                                      "checkpoint directory of this harness; set checkpoint.dir elsewhere")
+            if self.resume == "never":
+                log.warning("checkpoint.resume=never: removing the previous checkpoints in %s", self.directory)
+                if jax.process_index() == 0:
+                    shutil.rmtree(self.directory)
+            else:
+                self._check_identity(read_run_info(self.directory)["identity"])
+        if jax.process_index() == 0 and not run_file.exists():
+            atomic_write_text(run_file, json.dumps(self._run_info, indent=2, sort_keys=True, default=str) + "\n")
+        if jax.process_count() > 1:  # the others wait until process 0 has cleared / described the directory
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"lra checkpoint dir {self.directory}")
+        self._manager = _manager(self.directory, ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, create=True, cleanup_tmp_directories=True))
+        if self.resume == "require" and self.latest_step is None and self.finished_record is None:
+            raise CheckpointError(f"checkpoint.resume=require but {self.directory} holds no checkpoint")
+        return self
+
+    def _check_identity(self, stored: dict) -> None:
+        differing = sorted(key for key in stored.keys() | self.identity.keys()
+                           if stored.get(key, "<absent>") != self.identity.get(key, "<absent>"))
+        if differing:
+            shown = "; ".join(f"{key}: checkpoint {stored.get(key, '<absent>')!r}, now "
+                              f"{self.identity.get(key, '<absent>')!r}" for key in differing[:8])
+            more = f" (and {len(differing) - 8} more)" if len(differing) > 8 else ""
+            raise CheckpointError(
+                f"the checkpoints in {self.directory} belong to a different config: {shown}{more}. "
+                "Rerun with the original settings to resume, or start over with "
+                "checkpoint.resume=never (deletes them) or a new checkpoint.dir")
+
+    def open_read_only(self) -> "RunCheckpoints":
+        """Open for restoring only: no policy, no identity check, nothing written or deleted."""
+        self._manager = _manager(self.directory, ocp.CheckpointManagerOptions(read_only=True))
+        return self
+
+    @property
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    @property
+    def finished_record(self) -> dict | None:
+        path = self.directory / RESULT_FILE
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{path} is not valid JSON ({error}); delete it to resume the run") from error
+
+    def due(self, step: int, final_step: int) -> bool:
+        return step % self.every_steps == 0 or step == final_step
+
+    # -- saving and restoring -----------------------------------------------------------------------
+    def save(self, step: int, model_state, optimizer_state, best_model_state, progress: dict) -> None:
+        arrays = {"model": _pure(model_state), "optimizer": _pure(optimizer_state)}
+        if best_model_state is not None:
+            arrays["best_model"] = _pure(best_model_state)
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays),
+            progress=ocp.args.JsonSave({**progress, "step": step, "has_best": best_model_state is not None})))
+        log.info("saved checkpoint step %d in %s", step, self.directory)
+
+    def restore(self, model_state, optimizer_state, step: int | None = None):
+        """-> (step, model state, optimizer state, best model state or None, progress dict)."""
+        step = self.latest_step if step is None else step
+        where, failure = self.directory / str(step), None
+        try:
+            progress = self._manager.restore(step, args=ocp.args.Composite(
+                progress=ocp.args.JsonRestore()))["progress"]
+            target = {"model": _abstract(_pure(model_state)), "optimizer": _abstract(_pure(optimizer_state))}
+            if progress["has_best"]:
+                target["best_model"] = target["model"]
+            differences = _shape_differences(_shapes(self._manager.item_metadata(step)["state"]), _shapes(target))
+            if differences:
+                raise ValueError("arrays of other shapes: " + "; ".join(differences[:6]))
+            arrays = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target)))["state"]
+        except Exception as error:  # Orbax/tensorstore raise many types; all mean "unusable"
+            failure = f"{type(error).__name__}: {str(error)[:400]}"
+        if failure is not None:
+            gc.collect()  # finalise the read tasks Orbax abandoned, now rather than at a random later time
+            raise CheckpointError(
+                f"cannot restore checkpoint {where}: {failure}. It is corrupted or holds other shapes; "
+                "delete that step folder to fall back to an older one, or start over with "
+                "checkpoint.resume=never")
+        best = _filled(model_state, arrays["best_model"]) if progress["has_best"] else None
+        return (step, _filled(model_state, arrays["model"]), _filled(optimizer_state, arrays["optimizer"]),
+                best, progress)
+
+    def finish(self, record: dict) -> None:
+        """Mark the run done: keep only the newest step and store the record beside it."""
+        self._manager.wait_until_finished()
+        newest = self.latest_step
+        for step in self._manager.all_steps():
+            if step != newest:
+                self._manager.delete(step)
+        self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+            atomic_write_text(self.directory / RESULT_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+            self._manager.close()
+
+
+def read_run_info(directory: Path) -> dict:
+    path = Path(directory) / RUN_FILE
+    try:
+        info = json.loads(path.read_text())
+        info["identity"]  # noqa: B018  (the one key every reader needs)
+        return info
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} is unreadable or not a run description ({error}); "
+                              "the checkpoint directory is corrupted") from error
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set ``requested`` (the signal's name); the loop checkpoints and stops.
+
+    A second signal of the same kind falls through to the previous handler (Ctrl-C twice
+    interrupts at once). Under submitit (Hydra's SLURM launcher), whose SIGUSR2 handler requeues
+    the job before the time limit, SIGUSR2 is caught too and submitit's handler runs after the
+    checkpoint is saved, on leaving the block. Handlers can only be installed from the main
+    thread; elsewhere this is inert and ``requested`` stays None.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    CHAINED = (signal.SIGUSR2,)  # only when a Python handler (submitit's) is already installed
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:  # second signal: behave as if we were not here
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+            return
+        self.requested, self._signum = signal.Signals(signum).name, signum
+        log.warning("%s received: saving a checkpoint after the current step, then stopping", self.requested)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            chained = [s for s in self.CHAINED if callable(signal.getsignal(s))]
+            for signum in (*self.SIGNALS, *chained):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if self._signum in self.CHAINED and callable(previous.get(self._signum)):
+            previous[self._signum](self._signum, None)  # e.g. submitit: requeue the job, then exit
+
+
+def _checkpoint_directory_of(path: Path) -> Path:
+    """A checkpoint directory, or a run directory whose config.yaml names one."""
+    path = Path(path)
+    if (path / RUN_FILE).is_file():
+        return path
+    config = path / "config.yaml"
+    if config.is_file():
+        from omegaconf import OmegaConf
+
+        directory = OmegaConf.load(config).get("checkpoint", {}).get("dir")
+        if directory and (Path(directory) / RUN_FILE).is_file():
+            return Path(directory)
+        raise CheckpointError(f"{config}: checkpoint.dir={directory!r} holds no checkpoint")
+    raise CheckpointError(f"{path} is neither a checkpoint directory (no {RUN_FILE}) nor a run "
+                          "directory (no config.yaml)")
+
+
+def restore_model(path: str | Path, which: str = "final"):
+    """A trained encoder from a run directory or its checkpoint directory -> (cfg, model).
+
+    ``which`` = final (the newest checkpoint's parameters) or best (the best-validation ones).
+    The model is rebuilt from the run's own resolved config, so attention and sizes match.
+    """
+    from omegaconf import OmegaConf
+
+    from lra.train import build_attention, build_model, build_positional_bias, task_attention_config
+    from lra.training.optimizer import build_optimizer
+
+    if which not in ("final", "best"):
+        raise ValueError(f"which must be 'final' or 'best'; got {which!r}")
+    directory = _checkpoint_directory_of(Path(path))
+    info = read_run_info(directory)
+    cfg = OmegaConf.create(info["config"])
+    _, attention_factory, _ = build_attention(task_attention_config(cfg))
+    _, bias_factory, _, _ = build_positional_bias(cfg)
+    model = build_model(cfg, info["vocab_size"], attention_factory, bias_factory)
+    tx, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    checkpoints = RunCheckpoints(directory, info["identity"], every_steps=1, keep=1).open_read_only()
+    if checkpoints.latest_step is None:
+        raise CheckpointError(f"{directory} holds no checkpoint step")
+    _, model_state, _, best_state, _ = checkpoints.restore(nnx.state(model), nnx.state(optimizer))
+    checkpoints.close()
+    if which == "best":
+        if best_state is None:
+            raise CheckpointError(f"{directory}: the run had not evaluated yet; no best-validation parameters")
+        model_state = best_state
+    nnx.update(model, model_state)
+    return cfg, model
+
