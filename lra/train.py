@@ -253,6 +253,7 @@ class ProgressBar:
 def main(cfg: DictConfig) -> float:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" noise
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO through absl
     initialize_distributed(cfg.distributed.initialize)  # before anything touches a device
     try:
         record = run(cfg)
