@@ -88,7 +88,7 @@ def test_efficiency_writes_well_formed_csv_markdown_plots_and_provenance(efficie
 
 def test_encoder_mode_builds_the_encoder_around_the_attention(tiny_encoder_setting):
     settings = efficiency.Settings(warmup=0, repeats=1, encoder_setting=str(tiny_encoder_setting))
-    rows = [efficiency.measure(efficiency.Point("mra2", "encoder", pass_name, 2, 40, "float32"), settings)
+    rows = [efficiency.measure(efficiency.Point("linear", "encoder", pass_name, 2, 24, "float32"), settings)
             for pass_name in efficiency.PASSES]
     assert [row["status"] for row in rows] == ["ok", "ok"], [row["reason"] for row in rows]
     assert rows[1]["flops"] > rows[0]["flops"] > 0  # the backward pass adds work
@@ -208,19 +208,21 @@ def test_run_dir_without_checkpointing_module_says_what_is_missing(monkeypatch):
 
 
 def test_approximation_end_to_end_writes_csv_and_plots(tmp_path):
-    directory = approximation.main(["--attention", "performer,mra2,kl_fastfood", "--lengths", "32,64",
+    directory = approximation.main(["--attention", "performer,kl_fastfood", "--lengths", "32,64", "--budgets", "8,64",
                                     "--budget-length", "64", "--batch", "1", "--heads", "2", "--head-dim", "8",
                                     "--draws", "2", "--output-root", str(tmp_path), "--name", "a", "--no-progress"])
     rows = read_csv(directory / "approximation.csv")
     assert list(rows[0]) == list(approximation.COLUMNS)
     assert all(row["status"] == "ok" for row in rows), [r["reason"] for r in rows if r["status"] != "ok"]
     by_sweep = {s: [r for r in rows if r["sweep"] == s] for s in ("length", "budget")}
-    assert len(by_sweep["length"]) == 6
-    assert len(by_sweep["budget"]) == len(PLAN["families"]["performer"]["budgets"]) + len(
-        PLAN["families"]["mra2"]["budgets"])  # kl_fastfood has no budget knob
+    assert len(by_sweep["length"]) == 4
+    assert [(r["attention"], r["budget"]) for r in by_sweep["budget"]] == [("performer", "8"), ("performer", "64")]
+    assert {r["budget"] for r in by_sweep["length"] if r["attention"] == "performer"} == {"256"}  # its config
+    assert {r["budget"] for r in by_sweep["length"] if r["attention"] == "kl_fastfood"} == {""}  # no budget knob
     assert {r["target"] for r in rows} == {"softmax", "monte_carlo_kernel"}
     assert all(0 <= float(r["rel_error_mean"]) < 2 for r in rows)
-    assert json.loads((directory / "provenance.json").read_text())["settings"]["draws"] == 2
+    settings = json.loads((directory / "provenance.json").read_text())["settings"]
+    assert settings["draws"] == 2 and settings["budgets"] == {"performer": [8, 64], "kl_fastfood": []}
     for name in ("error_vs_length.png", "error_vs_budget.png"):
         assert_png(directory / name)
     assert "## Error versus budget" in (directory / "approximation.md").read_text()

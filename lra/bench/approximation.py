@@ -320,6 +320,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--attention", default="", help="comma-separated families (default: every family in the plan)")
     parser.add_argument("--lengths", default="256,512,1024,2048,4096", help="length sweep (comma-separated)")
     parser.add_argument("--budget-length", type=int, default=1024, help="length of the budget sweep (0: none)")
+    parser.add_argument("--budgets", default="", help="comma-separated budgets for every family "
+                        "(default: each family's list in the plan)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4, help="default: the Text model's 4 heads x 64")
     parser.add_argument("--head-dim", type=int, default=64)
@@ -339,6 +341,9 @@ def main(argv=None) -> Path:
         raise SystemExit(f"--attention: {unknown} not in {args.plan} (families: {sorted(plan['families'])}); "
                          "the other registered attentions are exact")
     lengths = comma_list(args.lengths, int)
+    if args.budgets:
+        for entry in plan["families"].values():
+            entry["budgets"] = comma_list(args.budgets, int) if entry["budget"] is not None else []
     if args.run_dir:
         inputs = checkpoint_inputs(args.run_dir, args.layer, args.batch)
     else:
@@ -347,6 +352,7 @@ def main(argv=None) -> Path:
     directory = output_directory(args.output_root, args.name)
     info = write_provenance(directory / "provenance.json", {
         "attentions": attentions, "lengths": args.lengths, "budget_length": args.budget_length,
+        "budgets": {name: plan["families"][name]["budgets"] for name in attentions},
         "batch": inputs.q.shape[0], "heads": inputs.q.shape[2], "head_dim": inputs.q.shape[3], "draws": args.draws,
         "inputs": inputs.source, "plan": args.plan, "reference_samples": plan["reference_samples"],
         "fastfood_reference_draws": plan["fastfood_reference_draws"]})
