@@ -24,7 +24,15 @@ RESULTS ?= results/$(PRESET)
 
 SEED_LIST = $(shell seq -s, 0 $$(( $(SEEDS) - 1 )))
 
-.PHONY: help install sweep run data leaderboard test test-slow lock clean
+# Benchmarks (docs/benchmarks.md). LENGTHS: comma-separated; MODE: encoder | layer | encoder,layer;
+# DTYPE: float32 | bfloat16; BATCH: batch size(s). ATTENTION (above) picks the families.
+LENGTHS ?= 1024,2048,4096,8192,16384
+MODE ?= encoder,layer
+DTYPE ?= float32
+BATCH ?= 32
+BENCH_ARGS ?=
+
+.PHONY: help install sweep run data leaderboard test test-slow lock clean bench approx
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
@@ -34,6 +42,8 @@ help:
 	@echo "make leaderboard [PRESET=...]          rebuild and print results/<preset>/leaderboard.md"
 	@echo "make test | make test-slow             test suite | including slow tests"
 	@echo "make install [CUDA=12]                 create .venv from requirements/lock.txt"
+	@echo "make bench [LENGTHS=.. MODE=.. DTYPE=.. BATCH=.. ATTENTION=..]  time/memory vs length -> results/bench/"
+	@echo "make approx [LENGTHS=.. ATTENTION=..]  approximation error vs length and budget -> results/bench/"
 
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +69,15 @@ data: install
 
 leaderboard: install
 	$(PY) -m lra.leaderboard --results-dir $(RESULTS)
+
+bench: install
+	$(PY) -m lra.bench.efficiency --lengths $(LENGTHS) --mode $(MODE) --dtype $(DTYPE) --batch $(BATCH) \
+		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
+
+# approx sweeps LENGTHS up to 4096 unless given (its O(n^2) targets are computed on the host device).
+approx: install
+	$(PY) -m lra.bench.approximation --lengths $(if $(filter command line,$(origin LENGTHS)),$(LENGTHS),256,512,1024,2048,4096) \
+		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
 
 # Tests run in parallel worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto
