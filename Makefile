@@ -76,7 +76,7 @@ bench: install
 
 # approx sweeps LENGTHS up to 4096 unless given (its O(n^2) targets are computed on the host device).
 approx: install
-	$(PY) -m lra.bench.approximation --lengths $(if $(filter command line,$(origin LENGTHS)),$(LENGTHS),256,512,1024,2048,4096) \
+	$(PY) -m lra.bench.approximation --lengths $(if $(filter command line environment,$(origin LENGTHS)),$(LENGTHS),256,512,1024,2048,4096) \
 		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
 
 # Tests run in parallel worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.

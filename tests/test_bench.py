@@ -75,7 +75,7 @@ def test_efficiency_writes_well_formed_csv_markdown_plots_and_provenance(efficie
     assert index[("softmax", "layer", "forward_backward", "64")] > index[("softmax", "layer", "forward", "64")]
     summary = read_csv(directory / "summary.csv")
     assert len(summary) == 4 and list(summary[0]) == list(efficiency.SUMMARY_COLUMNS)
-    assert all(entry["crossover_vs_softmax"] for entry in summary)
+    assert all(bool(entry["crossover_vs_softmax"]) == (entry["attention"] != "softmax") for entry in summary)
     info = json.loads((directory / "provenance.json").read_text())
     assert info["device"].startswith("cpu") and info["git_sha"] and info["jax_version"]
     assert info["settings"]["repeats"] == 2

@@ -133,9 +133,8 @@ def checkpoint_inputs(run_dir: str, layer: int, batch_size: int) -> Inputs:
     cache = load_task(cfg.task, cfg.paths.data_dir, progress=True)
     batch = next(eval_batches(cache["val"], batch_size, cfg.task.max_length))
     q, k, v, mask = capture_attention_inputs(model, jnp.asarray(batch["tokens"]), layer)
-    stem = Path(str(cfg.attention.get("_config_name", cfg.attention.name))).name
     return Inputs(q, k, v, mask, source=f"checkpoint {run_dir} layer {layer}",
-                  trained=(stem, model.blocks[layer].self_attention.attention))
+                  trained=(str(cfg.attention.name), model.blocks[layer].self_attention.attention))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,10 +248,11 @@ def measure(name: str, entry: dict, plan: dict, inputs: Inputs, *, budget=None, 
 def run(plan: dict, attentions: list[str], inputs: Inputs, lengths: list[int], budget_length: int | None,
         draws: int = 3, progress: bool = True, on_row=None) -> list[dict]:
     """The length sweep and the budget sweep of every family; each row as soon as it is measured."""
-    available = inputs.q.shape[1]
-    lengths = [n for n in lengths if n <= available]
+    available = inputs.q.shape[1]  # captured inputs: shorter prefixes, or the captured length itself
+    lengths = [n for n in lengths if n <= available] or [available]
     jobs = [(name, "length", n, None) for name in attentions for n in lengths]
-    if budget_length is not None and budget_length <= available:
+    if budget_length is not None:
+        budget_length = min(budget_length, available)
         jobs += [(name, "budget", budget_length, b) for name in attentions for b in plan["families"][name]["budgets"]]
     rows = []
     with PointProgress("approx", len(jobs), progress) as bar:

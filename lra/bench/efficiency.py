@@ -323,8 +323,8 @@ def derive(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             row["max_length_fit"], row["first_oom_length"] = fit, first_oom
         summary.append(dict(zip(("attention", "mode", "pass", "batch", "dtype"), key), max_length_fit=fit,
                             first_oom_length=first_oom,
-                            crossover_vs_softmax=crossover(members, references["softmax"]),
-                            crossover_vs_flash=crossover(members, references["flash"])))
+                            crossover_vs_softmax=crossover(members, references["softmax"]) if key[0] != BASELINE else "",
+                            crossover_vs_flash=crossover(members, references["flash"]) if key[0] != FLASH else ""))
     return rows, summary
 
 
@@ -387,15 +387,16 @@ def write_report(directory: Path, rows: list[dict], info: dict) -> list[dict]:
     write_csv(directory / "efficiency.csv", rows, COLUMNS)
     write_csv(directory / "summary.csv", summary, SUMMARY_COLUMNS)
     atomic_write_text(directory / "efficiency.md", markdown_report(rows, summary, info))
-    device = f"{info['device']} ({info['backend']})"
-    plotted = [row for row in rows if row["status"] != "skipped"]
+    device = info["device"]
     memory_key = "device_peak_bytes" if any(row.get("device_peak_bytes") for row in rows) else "xla_bytes"
+    plotted = [{**row, "memory_mb": row[memory_key] / 1e6 if row.get(memory_key) else None}
+               for row in rows if row["status"] != "skipped"]
     common = dict(x="length", series="attention", panels=("mode", "pass"), xlabel="sequence length",
                   emphasise=(BASELINE, FLASH), failed="status")
     plot_lines(directory / "time_vs_length.png", plotted, y="time_median_ms", ylabel="median time per call (ms)",
                title=f"Time vs length — {device}; x: out of memory from there", **common)
-    plot_lines(directory / "memory_vs_length.png", plotted, y=memory_key,
-               ylabel="device peak bytes" if memory_key == "device_peak_bytes" else "XLA compiled memory (bytes)",
+    plot_lines(directory / "memory_vs_length.png", plotted, y="memory_mb",
+               ylabel="device peak memory (MB)" if memory_key == "device_peak_bytes" else "XLA compiled memory (MB)",
                title=f"Memory vs length — {device}; x: out of memory from there", **common)
     return summary
 
@@ -415,7 +416,7 @@ def default_attentions() -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attention", default="", help="comma-separated config names (default: every runnable "
-                        "plain attention; softmax is always added as the baseline)")
+                        "plain attention; softmax, and softmax_flash on a GPU, are always added as references)")
     parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="comma-separated lengths")
     parser.add_argument("--mode", default="encoder,layer", help="encoder | layer | encoder,layer")
     parser.add_argument("--passes", default="forward,forward_backward", help="forward | forward_backward | both")
@@ -457,8 +458,8 @@ def main(argv=None) -> Path | None:
     unknown = [name for name in attentions if name not in registered]
     if unknown:
         raise SystemExit(f"--attention: unknown {unknown}; registered: {sorted(registered)}")
-    if BASELINE not in attentions:
-        attentions.insert(0, BASELINE)
+    references = [BASELINE] + ([FLASH] if jax.default_backend() == "gpu" else [])  # always measured alongside
+    attentions = references + [name for name in attentions if name not in references]
     settings = Settings(warmup=args.warmup, repeats=args.repeats, memory_limit_gb=args.memory_limit_gb,
                         layer_heads=args.layer_heads, layer_head_dim=args.layer_head_dim,
                         encoder_setting=args.encoder_setting)

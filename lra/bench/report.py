@@ -12,6 +12,7 @@ import datetime
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -59,7 +60,9 @@ def format_cell(value) -> str:
 
 def write_provenance(path: Path, settings: dict) -> dict:
     """provenance.json: device, library versions, git sha, date, plus the benchmark's settings."""
-    info = {**provenance(), "backend": jax.default_backend(), "settings": settings}
+    info = {**provenance(), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # other work on the host skews timings
+            "settings": settings}
     atomic_write_text(path, json.dumps(info, indent=2, default=str) + "\n")
     return info
 
@@ -80,13 +83,14 @@ def plot_lines(path: Path, rows: Sequence[dict], *, x: str, y: str, series: str,
     Lines named in ``emphasise`` (the baselines) are drawn thick and black.
     """
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panel_keys = sorted({tuple(str(row[key]) for key in panels) for row in rows})
     names = sorted({row[series] for row in rows}, key=lambda name: (name not in emphasise, name))
-    colours = plt.get_cmap("tab20")
+    colours = plt.get_cmap("tab10")  # ten distinct hues; the line style changes every ten families
     columns = min(len(panel_keys), 2) or 1
     height = math.ceil(len(panel_keys) / columns) or 1
     figure, axes = plt.subplots(height, columns, figsize=(6.4 * columns, 4.6 * height), squeeze=False)
@@ -96,8 +100,8 @@ def plot_lines(path: Path, rows: Sequence[dict], *, x: str, y: str, series: str,
             points = sorted((row[x], row[y]) for row in in_panel
                             if row[series] == name and row.get(y) not in (None, "") and row[y] > 0)
             style = dict(color="black", linewidth=2.6, linestyle="-" if emphasise and name == emphasise[0] else "--") \
-                if name in emphasise else dict(color=colours(index % 20), linewidth=1.4,
-                                               linestyle=("-", "--", ":", "-.")[index // 20 % 4])
+                if name in emphasise else dict(color=colours(index % 10), linewidth=1.4,
+                                               linestyle=("-", "--", ":", "-.")[index // 10 % 4])
             if points:
                 axis.plot(*zip(*points), marker="o", markersize=3.5, label=name, **style)
             if failed:
@@ -111,6 +115,9 @@ def plot_lines(path: Path, rows: Sequence[dict], *, x: str, y: str, series: str,
         else:
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
+            ticks = sorted({row[x] for row in in_panel})
+            axis.set_xticks(ticks, [f"{tick:g}" for tick in ticks])  # the swept values, not powers of 2
+            axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         axis.set_xlabel(xlabel)
         axis.set_ylabel(ylabel)
         axis.set_title(" / ".join(panel), fontsize=10)
