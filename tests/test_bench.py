@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -188,6 +189,19 @@ def test_capture_from_an_encoder_and_approximate_on_real_padding(compose):
     assert exact["rel_error_max"] < 1e-5
     with pytest.raises(ValueError, match="--layer 5"):
         approximation.capture_attention_inputs(model, jnp.asarray(tokens), layer=5)
+
+
+def test_run_dir_captures_a_validation_batch_of_the_restored_model(compose, monkeypatch):
+    """The --run-dir path with a stand-in for lra.checkpointing.restore_model (written elsewhere)."""
+    cfg = compose("attention=mra2")
+    _, factory, _ = build_attention(cfg.attention)
+    model = build_model(cfg, 17, factory)
+    monkeypatch.setitem(sys.modules, "lra.checkpointing",
+                        types.SimpleNamespace(restore_model=lambda run_dir: (cfg, model)))
+    inputs = approximation.checkpoint_inputs("runs/x", layer=0, batch_size=3)
+    assert inputs.q.shape[:2] == (3, cfg.task.max_length + 1) and "runs/x layer 0" in inputs.source
+    assert inputs.trained == ("mra2", model.blocks[0].self_attention.attention)
+    assert 0 < int(np.asarray(inputs.key_mask).sum()) < inputs.key_mask.size  # real ListOps padding
 
 
 def test_trained_parameters_are_copied_where_they_fit():
