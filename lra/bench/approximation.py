@@ -45,6 +45,7 @@ from attention.learned_kernels import (FastFoodAttention, GMMPRFAttention, GMMRK
                                        normalised_linear_attention, scale_inputs)
 from attention.skyformer import kernelized_attention
 from attention.softmax import softmax_attention
+from lra.atomic_files import atomic_write_text
 from lra.bench.report import PointProgress, markdown_table, output_directory, plot_lines, write_csv, write_provenance
 from lra.registry import ATTENTION_CONFIGS, load_attention_config
 from lra.train import build_attention
@@ -270,7 +271,7 @@ def run(plan: dict, attentions: list[str], inputs: Inputs, lengths: list[int], b
 # Report and command line
 # ------------------------------------------------------------------------------------------------
 
-def markdown_report(rows: list[dict], info: dict, plan: dict) -> str:
+def markdown_report(rows: list[dict], info: dict) -> str:
     lines = [f"# Approximation error — {info['device']}\n",
              f"{info['date']}, git {info['git_sha']}, jax {info['jax_version']}. Relative error "
              "||out − exact|| / ||exact|| over real query positions; mean ± std over draws.\n",
@@ -294,11 +295,9 @@ def markdown_report(rows: list[dict], info: dict, plan: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(directory: Path, rows: list[dict], info: dict, plan: dict) -> None:
-    from lra.atomic_files import atomic_write_text
-
+def write_report(directory: Path, rows: list[dict], info: dict) -> None:
     write_csv(directory / "approximation.csv", rows, COLUMNS)
-    atomic_write_text(directory / "approximation.md", markdown_report(rows, info, plan))
+    atomic_write_text(directory / "approximation.md", markdown_report(rows, info))
     ok = [row for row in rows if row["status"] == "ok"]
     plot_lines(directory / "error_vs_length.png", [r for r in ok if r["sweep"] == "length"], x="length",
                y="rel_error_mean", series="attention", panels=("target",), xlabel="sequence length",
@@ -359,7 +358,7 @@ def main(argv=None) -> Path:
     rows = run(plan, attentions, inputs, lengths, args.budget_length or None, draws=args.draws,
                progress=not args.no_progress,
                on_row=lambda rows: write_csv(directory / "approximation.csv", rows, COLUMNS))
-    write_report(directory, rows, info, plan)
+    write_report(directory, rows, info)
     print(f"wrote {directory}")
     return directory
 

@@ -42,7 +42,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -56,6 +55,7 @@ from flax import nnx
 from omegaconf import OmegaConf
 
 from attention.base import AttentionSpec
+from lra.atomic_files import atomic_write_text
 from lra.bench.report import (PointProgress, markdown_table, output_directory, plot_lines, write_csv,
                               write_provenance)
 from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
@@ -381,8 +381,6 @@ def markdown_report(rows: list[dict], summary: list[dict], info: dict) -> str:
 
 
 def write_report(directory: Path, rows: list[dict], info: dict) -> list[dict]:
-    from lra.atomic_files import atomic_write_text
-
     rows, summary = derive(rows)
     write_csv(directory / "efficiency.csv", rows, COLUMNS)
     write_csv(directory / "summary.csv", summary, SUMMARY_COLUMNS)
