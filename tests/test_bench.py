@@ -85,6 +85,10 @@ def test_efficiency_writes_well_formed_csv_markdown_plots_and_provenance(efficie
     for name in ("time_vs_length.png", "memory_vs_length.png"):
         assert_png(directory / name)
     assert not list(directory.glob(".*.tmp"))  # atomic writes leave no temporary files
+    before = (directory / "summary.csv").read_text()
+    (directory / "summary.csv").unlink()
+    efficiency.main(["--report-only", str(directory)])  # the report is rebuilt from the CSV alone
+    assert (directory / "summary.csv").read_text() == before
 
 
 def test_encoder_mode_builds_the_encoder_around_the_attention(tiny_encoder_setting):

@@ -39,6 +39,7 @@ provenance.json.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -399,6 +400,30 @@ def write_report(directory: Path, rows: list[dict], info: dict) -> list[dict]:
     return summary
 
 
+TEXT_COLUMNS = ("attention", "mode", "pass", "dtype", "status", "reason", "device", "isolated")
+INTEGER_COLUMNS = ("batch", "length", "repeats", "xla_bytes", "xla_temp_bytes", "device_peak_bytes",
+                   "max_length_fit", "first_oom_length")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """efficiency.csv back into rows (numbers as numbers, empty cells as None)."""
+    def value(column, text):
+        if column in TEXT_COLUMNS:
+            return text
+        if text == "":
+            return None
+        return int(text) if column in INTEGER_COLUMNS else float(text)
+
+    with open(path, newline="") as handle:
+        return [{column: value(column, text) for column, text in row.items()} for row in csv.DictReader(handle)]
+
+
+def rebuild_report(directory: Path) -> list[dict]:
+    """Rewrite summary, markdown and plots of a run folder from its efficiency.csv and provenance.json."""
+    info = json.loads((directory / "provenance.json").read_text())
+    return write_report(directory, read_rows(directory / "efficiency.csv"), info)
+
+
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
@@ -434,6 +459,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-root", default=None, help="default results/bench")
     parser.add_argument("--name", default=None, help="run folder name (default: UTC timestamp)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", default=None, metavar="RUN_DIR",
+                        help="rebuild summary, markdown and plots of an existing run folder from its CSV")
     parser.add_argument("--point", default=None, help=argparse.SUPPRESS)  # internal: one isolated point
     args = parser.parse_args(argv)
     for option, allowed in (("mode", MODES), ("passes", PASSES), ("dtype", ("float32", "bfloat16"))):
@@ -451,6 +478,10 @@ def main(argv=None) -> Path | None:
         row = measure(Point(**request["point"]), Settings(**request["settings"]), isolated=True)
         print("BENCH_ROW " + json.dumps(row, default=float), flush=True)
         return None
+    if args.report_only:
+        rebuild_report(Path(args.report_only))
+        print(f"rebuilt {args.report_only}")
+        return Path(args.report_only)
     attentions = comma_list(args.attention) or default_attentions()
     registered = registered_attentions()
     unknown = [name for name in attentions if name not in registered]
