@@ -226,7 +226,10 @@ def test_run_dir_without_checkpointing_module_says_what_is_missing(monkeypatch):
 
 
 def test_approximation_end_to_end_writes_csv_and_plots(tmp_path):
-    directory = approximation.main(["--attention", "performer,kl_fastfood", "--lengths", "32,64", "--budgets", "8,64",
+    plan = OmegaConf.merge(OmegaConf.load(approximation.PLAN), {"fastfood_reference_draws": 4})  # cheaper target
+    OmegaConf.save(plan, tmp_path / "plan.yaml")
+    directory = approximation.main(["--plan", str(tmp_path / "plan.yaml"),
+                                    "--attention", "performer,kl_fastfood", "--lengths", "32,64", "--budgets", "8,64",
                                     "--budget-length", "64", "--batch", "1", "--heads", "2", "--head-dim", "8",
                                     "--draws", "2", "--output-root", str(tmp_path), "--name", "a", "--no-progress"])
     rows = read_csv(directory / "approximation.csv")
