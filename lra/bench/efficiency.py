@@ -338,7 +338,8 @@ def cell(row: dict | None, value: str, ratio: str, unit: str, scale: float) -> s
         return ""
     if row["status"] != "ok":
         return row["status"]
-    text = f"{row[value] / scale:.3g} {unit}" if row.get(value) is not None else "–"
+    amount = row[value] / scale if row.get(value) is not None else None
+    text = "–" if amount is None else f"{amount:.0f} {unit}" if amount >= 100 else f"{amount:.3g} {unit}"
     return text + (f" ({row[ratio]:.2f}×)" if row.get(ratio) is not None else "")
 
 
