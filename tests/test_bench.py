@@ -48,7 +48,7 @@ def efficiency_run(tmp_path_factory, tiny_encoder_setting):
         "--attention", "performer", "--lengths", "32,64", "--mode", "layer", "--passes",
         "forward,forward_backward", "--batch", "2", "--repeats", "2", "--warmup", "1", "--layer-heads", "2",
         "--layer-head-dim", "8", "--encoder-setting", str(tiny_encoder_setting), "--output-root", str(root),
-        "--name", "tiny", "--no-progress"])
+        "--name", "tiny", "--no-progress", "--isolate", "off"])
     return directory
 
 
@@ -123,6 +123,12 @@ def test_device_out_of_memory_is_recorded_not_raised(monkeypatch):
     row = efficiency.measure(efficiency.Point("softmax", "layer", "forward", 1, 16, "float32"),
                              efficiency.Settings(layer_heads=1, layer_head_dim=8))
     assert row["status"] == "error" and "bad shape" in row["reason"]
+
+
+def test_an_isolated_point_that_hangs_is_killed_and_recorded():
+    row = efficiency.measure_in_subprocess(efficiency.Point("softmax", "layer", "forward", 1, 16, "float32"),
+                                           efficiency.Settings(), timeout_s=0.05)
+    assert row["status"] == "error" and "timed out" in row["reason"] and row["isolated"] is True
 
 
 def test_crossover_definition():

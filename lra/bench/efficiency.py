@@ -21,9 +21,11 @@ it runs ``--warmup`` times (not timed), then ``--repeats`` times, each call time
 ``block_until_ready``: the median, quartiles, min and max are reported. An out-of-memory error from
 the device (XLA ``RESOURCE_EXHAUSTED``, at compile or run time) is recorded as ``oom`` too; longer
 lengths of that family/mode/pass are then skipped. Any other failure is recorded as ``error`` with its
-message and the sweep goes on. With ``--isolate`` (default on a GPU) every point runs in its own
-process: a hard crash loses one point only, and the device's peak-memory statistic (which JAX cannot
-reset) belongs to that point alone; in-process runs leave ``device_peak_bytes`` empty.
+message and the sweep goes on. By default (``--isolate on``) every point runs in its own process:
+a hard crash, or a hang past ``--point-timeout``, loses that point only (one was seen: Performer's
+encoder forward+backward at the Text size never returned on the 2-core CPU, its threads all waiting),
+and the device's peak-memory statistic (which JAX cannot reset) belongs to that point alone;
+``--isolate off`` runs everything in this process and leaves ``device_peak_bytes`` empty.
 
 Ratios (speed-up = softmax time / time; memory ratio = memory / softmax memory) are taken against
 ``softmax`` (the XLA path) measured in the same run at the same point, and against ``softmax_flash``
@@ -454,8 +456,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="YAML with vocab_size, num_classes and the Encoder's model keywords")
     parser.add_argument("--layer-heads", type=int, default=Settings.layer_heads)
     parser.add_argument("--layer-head-dim", type=int, default=Settings.layer_head_dim)
-    parser.add_argument("--isolate", choices=("auto", "on", "off"), default="auto",
-                        help="one process per point (auto: on for GPU/TPU, off on CPU)")
+    parser.add_argument("--isolate", choices=("on", "off"), default="on",
+                        help="one process per point (default): a crash or hang (--point-timeout) costs that point "
+                             "only, and the device peak memory is the point's own; off: all in this process")
     parser.add_argument("--point-timeout", type=float, default=1800, help="seconds per isolated point")
     parser.add_argument("--output-root", default=None, help="default results/bench")
     parser.add_argument("--name", default=None, help="run folder name (default: UTC timestamp)")
@@ -495,7 +498,7 @@ def main(argv=None) -> Path | None:
                         encoder_setting=args.encoder_setting)
     points = sweep_points(attentions, comma_list(args.mode), comma_list(args.passes), comma_list(args.batch, int),
                           comma_list(args.lengths, int), comma_list(args.dtype))
-    isolate = args.isolate == "on" or (args.isolate == "auto" and jax.default_backend() != "cpu")
+    isolate = args.isolate == "on"
     directory = output_directory(args.output_root, args.name)
     info = write_provenance(directory / "provenance.json", {
         **dataclasses.asdict(settings), "attentions": attentions, "lengths": args.lengths, "modes": args.mode,
