@@ -394,7 +394,7 @@ def write_report(directory: Path, rows: list[dict], info: dict) -> list[dict]:
     plotted = [{**row, "memory_mb": row[memory_key] / 1e6 if row.get(memory_key) else None}
                for row in rows if row["status"] != "skipped"]
     common = dict(x="length", series="attention", panels=("mode", "pass"), xlabel="sequence length",
-                  emphasise=(BASELINE, FLASH), failed="status")
+                  emphasise=(BASELINE, FLASH), status="status")
     plot_lines(directory / "time_vs_length.png", plotted, y="time_median_ms", ylabel="median time per call (ms)",
                title=f"Time vs length — {device}; x: out of memory from there", **common)
     plot_lines(directory / "memory_vs_length.png", plotted, y="memory_mb",

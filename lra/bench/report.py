@@ -75,11 +75,11 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 def plot_lines(path: Path, rows: Sequence[dict], *, x: str, y: str, series: str, panels: Sequence[str],
                xlabel: str, ylabel: str, title: str, emphasise: Sequence[str] = (),
-               failed: str | None = None) -> None:
+               status: str | None = None) -> None:
     """One log-log panel per distinct value of ``panels`` (e.g. mode x pass), one line per ``series``.
 
-    Rows whose ``y`` is missing are not drawn. With ``failed`` (a column holding a status), the first
-    failed x of a series is marked with an ``x`` on the panel's top edge: "out of memory from here".
+    Rows whose ``y`` is missing are not drawn. With ``status`` (a column holding ok / oom / ...), the
+    first ``oom`` x of a series is marked with an ``x`` on the panel's top edge: "out of memory from here".
     Lines named in ``emphasise`` (the baselines) are drawn thick and black.
     """
     import matplotlib
@@ -104,9 +104,8 @@ def plot_lines(path: Path, rows: Sequence[dict], *, x: str, y: str, series: str,
                                                linestyle=("-", "--", ":", "-.")[index // 10 % 4])
             if points:
                 axis.plot(*zip(*points), marker="o", markersize=3.5, label=name, **style)
-            if failed:
-                failures = sorted(row[x] for row in in_panel if row[series] == name
-                                  and row.get(failed) not in ("ok", None, ""))
+            if status:
+                failures = sorted(row[x] for row in in_panel if row[series] == name and row.get(status) == "oom")
                 if failures:
                     axis.plot([failures[0]], [1.0], marker="x", markersize=9, color=style["color"],
                               transform=axis.get_xaxis_transform(), clip_on=False, linestyle="none")
