@@ -38,7 +38,15 @@ REPRODUCE_ARGS ?=
 
 SEED_LIST = $(shell seq -s, 0 $$(( $(SEEDS) - 1 )))
 
-.PHONY: help install sweep run data leaderboard reproduce browser test test-slow lock clean
+# Benchmarks (docs/benchmarks.md). LENGTHS: comma-separated; MODE: encoder | layer | encoder,layer;
+# DTYPE: float32 | bfloat16; BATCH: batch size(s). ATTENTION (above) picks the families.
+LENGTHS ?= 1024,2048,4096,8192,16384
+MODE ?= encoder,layer
+DTYPE ?= float32
+BATCH ?= 32
+BENCH_ARGS ?=
+
+.PHONY: help install sweep run data leaderboard reproduce browser bench approx test test-slow lock clean
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
@@ -53,6 +61,8 @@ help:
 	@echo "make browser                           install Debian's chromium for the leaderboard page test"
 	@echo "make test | make test-slow             test suite | including slow tests"
 	@echo "make install [CUDA=12]                 create .venv from requirements/lock.txt"
+	@echo "make bench [LENGTHS=.. MODE=.. DTYPE=.. BATCH=.. ATTENTION=..]  time/memory vs length -> results/bench/"
+	@echo "make approx [LENGTHS=.. ATTENTION=..]  approximation error vs length and budget -> results/bench/"
 
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +101,15 @@ browser:
 	command -v apt-get >/dev/null || { echo "make browser: no apt-get; install Chromium and set LRA_CHROMIUM" >&2; exit 1; }; \
 	echo "make browser: installing Debian's chromium"; \
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+bench: install
+	$(PY) -m lra.bench.efficiency --lengths $(LENGTHS) --mode $(MODE) --dtype $(DTYPE) --batch $(BATCH) \
+		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
+
+# approx sweeps LENGTHS up to 4096 unless given (its O(n^2) targets are computed on the host device).
+approx: install
+	$(PY) -m lra.bench.approximation --lengths $(if $(filter command line environment,$(origin LENGTHS)),$(LENGTHS),256,512,1024,2048,4096) \
+		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
 
 # Tests run in parallel worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto

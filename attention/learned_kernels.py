@@ -243,6 +243,50 @@ def positive_feature_attention(log_q, log_k, v, key_mask, *, eps: float = 1e-6, 
 
 
 # ----------------------------------------------------------------------------------------------
+# Expected kernels: what the random features estimate (O(n^2); targets of lra/bench/approximation.py)
+# ----------------------------------------------------------------------------------------------
+
+def kernel_row_normalised(log_kernel: jax.Array, v: jax.Array, key_mask: jax.Array, eps: float) -> jax.Array:
+    """sum_j m_j K_ij v_j / (sum_j m_j K_ij + eps) from log K (b, h, q, k), shifted per row exactly."""
+    log_kernel = jnp.where(key_mask[:, None, None, :], log_kernel, -jnp.inf)
+    shift = jnp.max(log_kernel, axis=-1, keepdims=True)
+    shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
+    weights = jnp.exp(log_kernel - shift)
+    numerator = jnp.einsum("bhqk,bkhe->bqhe", weights, v.astype(weights.dtype))
+    denominator = weights.sum(-1) + eps * jnp.exp(-shift[..., 0])  # (b, h, q)
+    return numerator / jnp.transpose(denominator, (0, 2, 1))[..., None]
+
+
+def gmm_rks_expected_attention(q, k, v, key_mask, mean, matrix, smoothing: float, eps: float = 1e-6):
+    """Row-normalised attention with the GMM-RKS expected kernel (the module's features averaged
+    over the noise): K = 2 cos(mu_h^T D) exp(-|A_h D|^2 / 2) + s^2, D = q^ - k^, (A D)_r = sum_d A_rd D_d.
+    May be negative, like its estimate. mean (H, d), matrix (H, d, d)."""
+    q_hat, k_hat = scale_inputs(q, k, key_mask)
+    mean, matrix = mean.astype(q_hat.dtype), matrix.astype(q_hat.dtype)
+    aq, ak = (jnp.einsum("bnhd,hrd->bnhr", x, matrix) for x in (q_hat, k_hat))
+    squared = (jnp.sum(aq * aq, -1).transpose(0, 2, 1)[..., :, None] + jnp.sum(ak * ak, -1).transpose(0, 2, 1)[..., None, :]
+               - 2 * jnp.einsum("bqhr,bkhr->bhqk", aq, ak))
+    phase = (jnp.einsum("bnhd,hd->bhn", q_hat, mean)[..., :, None] - jnp.einsum("bnhd,hd->bhn", k_hat, mean)[..., None, :])
+    kernel = 2 * jnp.cos(phase) * jnp.exp(-0.5 * jnp.maximum(squared, 0.0)) + smoothing ** 2
+    kernel = jnp.where(key_mask[:, None, None, :], kernel, 0.0)
+    numerator = jnp.einsum("bhqk,bkhe->bqhe", kernel, v.astype(kernel.dtype))
+    return numerator / (kernel.sum(-1).transpose(0, 2, 1)[..., None] + eps)
+
+
+def gmm_prf_expected_attention(q, k, v, key_mask, mean, log_var, eps: float = 1e-6):
+    """Row-normalised attention with the GMM-PRF expected kernel
+    K = exp(mu_h^T u + u^T diag(e^sigma_h) u / 2 - |q^|^2 - |k^|^2), u = q^ + k^. mean, log_var (H, d)."""
+    q_hat, k_hat = scale_inputs(q, k, key_mask)
+    mean, variance = mean.astype(q_hat.dtype), jnp.exp(log_var.astype(q_hat.dtype))
+    def per_token(x):  # mu.x + x^T Sigma x / 2 - |x|^2: (b, h, n)
+        return (jnp.einsum("bnhd,hd->bhn", x, mean) + 0.5 * jnp.einsum("bnhd,hd->bhn", x * x, variance)
+                - jnp.sum(x * x, -1).transpose(0, 2, 1))
+    cross = jnp.einsum("bqhd,hd,bkhd->bhqk", q_hat, variance, k_hat)
+    log_kernel = per_token(q_hat)[..., :, None] + per_token(k_hat)[..., None, :] + cross
+    return kernel_row_normalised(log_kernel, v, key_mask, eps)
+
+
+# ----------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------
 

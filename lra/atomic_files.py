@@ -31,23 +31,40 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str, *, exclusive: bool = False) -> None:
-    """Write ``text`` (UTF-8) atomically; see atomic_write_bytes."""
-    atomic_write_bytes(path, text, exclusive=exclusive)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes | str, *, exclusive: bool = False) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then move it into place.
+    """Write ``text`` (UTF-8) to a temporary file beside ``path``, fsync it, then move it into place.
 
     With ``exclusive=True`` an existing ``path`` is never replaced: FileExistsError instead, decided
     atomically by the filesystem (a hard link), so two writers cannot both succeed.
     """
+    _atomic_write(path, text, exclusive)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, exclusive: bool = False) -> None:
+    """``atomic_write_text`` for bytes (e.g. a PNG image)."""
+    _atomic_write(path, data, exclusive)
+
+
+def atomic_save_figure(path: str | Path, figure, dpi: int = 110) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _atomic_write(path: str | Path, content: str | bytes, exclusive: bool) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:  # owns fd from here: closed on any error below
             os.chmod(tmp, 0o666 & ~_process_umask())  # mkstemp makes 0600; use what open() would
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
             handle.flush()
             os.fsync(handle.fileno())
         if exclusive:

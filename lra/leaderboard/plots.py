@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lra.atomic_files import atomic_write_bytes  # noqa: E402
+from lra.atomic_files import atomic_save_figure  # noqa: E402
 from lra.leaderboard.table import BASELINE, Row  # noqa: E402
 
 SCATTER_FILE = "leaderboard_speed_accuracy.png"
@@ -26,13 +26,7 @@ BARS_FILE = "leaderboard_task_accuracy.png"
 
 
 def _save(figure, path: Path) -> Path:
-    import io
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return atomic_save_figure(path, figure)
 
 
 def speed_accuracy_plot(rows: list[Row], path: Path) -> Path:
