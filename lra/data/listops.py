@@ -75,8 +75,6 @@ Deviations from the LRA code (all deliberate)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -89,7 +87,8 @@ import numpy as np
 
 from lra.data.preparation import default_workers, progress_bar
 from lra.data.lra_release import release_root
-from lra.data.token_cache import CacheError, TokenCache, file_sha256, read_cache, write_cache
+from lra.data.token_cache import (TokenCache, file_sha256, params_key, read_cache, read_matching_cache,
+                                  write_cache)
 
 __all__ = [
     "DEFAULT_GENERATOR",
@@ -624,14 +623,11 @@ def _resolve_config(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def cache_key(params: Mapping[str, Any]) -> str:
     """Directory name for content ``params``: a readable prefix plus a hash of all of them."""
-    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
     if params["source"] == "generator":
-        g = params["generator"]
-        prefix = f"gen-seed{g['seed']}-{params['tokenizer']}"
+        prefix = f"gen-seed{params['generator']['seed']}-{params['tokenizer']}"
     else:
         prefix = f"release-{params['tokenizer']}"
-    return f"{prefix}-{digest}"
+    return params_key(prefix, params)
 
 
 def load_listops(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progress: bool = True) -> TokenCache:
@@ -673,14 +669,8 @@ def load_listops(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, pro
 
     directory = task_root / cache_key(params)
     if directory.exists():
-        cache = read_cache(directory)
-        if cache.manifest.get("params") != json.loads(json.dumps(params)):
-            raise CacheError(
-                f"token cache {directory}: manifest parameters do not match the requested ones; "
-                "delete the directory to rebuild it"
-            )
         log.info("ListOps: using cache %s", directory)
-        return cache
+        return read_matching_cache(directory, params)
 
     log.info("ListOps: building cache %s", directory)
     tok_info = {"name": tokenizer, "version": TOKENIZERS[tokenizer]["version"]}

@@ -35,7 +35,6 @@ every image is drawn independently, and split ``s`` image ``i`` has its own rand
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -49,7 +48,7 @@ import numpy as np
 from lra.data.lra_release import release_root
 from lra.data.preparation import default_workers, progress_bar
 from lra.data.pathfinder_generator import GENERATOR_VERSION, generate_images, params_for
-from lra.data.token_cache import CacheError, TokenCache, read_cache, write_cache
+from lra.data.token_cache import TokenCache, params_key, read_cache, read_matching_cache, write_cache
 
 __all__ = [
     "DIFFICULTIES",
@@ -283,11 +282,6 @@ def _resolve_config(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cache_dir(task_root: Path, prefix: str, params: Mapping[str, Any]) -> Path:
-    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
-    return task_root / f"{prefix}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
 def _rows_with_progress(rows: Iterator[np.ndarray], bar, task) -> Iterator[np.ndarray]:
     bar.start_task(task)
     for row in rows:
@@ -334,7 +328,7 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
     listing = None
     if cfg["source"] == "generator":
         key.update(generator=asdict(cfg["params"]), counts=cfg["counts"], generator_version=GENERATOR_VERSION)
-        directory = _cache_dir(task_root, f"gen-seed{cfg['counts']['seed']}", key)
+        directory = task_root / params_key(f"gen-seed{cfg['counts']['seed']}", key)
     else:
         release_dir = cfg["release_dir"] or release_root(task_cfg, cache_root, needs=f"pathfinder{resolution}",
                                                          progress=progress)
@@ -345,15 +339,11 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
             files.update(f"{listing.relative(i)}\0{path.stat().st_size}\n".encode())
         key.update(difficulty=cfg["difficulty"], split_seed=cfg["split_seed"], reader_version=READER_VERSION,
                    metadata_sha256=listing.metadata_sha256, images_sha256=files.hexdigest())
-        directory = _cache_dir(task_root, f"release-{cfg['difficulty']}-split{cfg['split_seed']}", key)
+        directory = task_root / params_key(f"release-{cfg['difficulty']}-split{cfg['split_seed']}", key)
 
     if directory.exists():
-        cache = read_cache(directory)
-        if cache.manifest.get("params") != json.loads(json.dumps(key)):
-            raise CacheError(f"token cache {directory}: manifest parameters do not match the requested ones; "
-                             "delete the directory to rebuild it")
         log.info("%s: using cache %s", name, directory)
-        return cache
+        return read_matching_cache(directory, key)
 
     log.info("%s: building cache %s", name, directory)
     with progress_bar(progress) as bar:

@@ -556,16 +556,20 @@ def open_or_build(
     from lra.data.preparation import progress_bar
 
     directory = Path(directory)
-    want = json.loads(json.dumps(params, default=str))
     if not directory.exists():
         with progress_bar(progress, bytes_=True) as bar:
             splits, manifest_extra = build(bar)
             try:
-                write_cache(directory, splits, {**manifest_extra, "params": want})
+                write_cache(directory, splits, {**manifest_extra, "params": json.loads(json.dumps(params, default=str))})
             except FileExistsError:
                 pass  # another process completed it first; its copy is read below
+    return read_matching_cache(directory, params)
+
+
+def read_matching_cache(directory: str | os.PathLike, params: Mapping[str, Any]) -> TokenCache:
+    """Open an existing cache built from exactly ``params`` (its manifest's ``params``), else CacheError."""
     cache = read_cache(directory)
-    if cache.manifest.get("params") != want:
+    if cache.manifest.get("params") != json.loads(json.dumps(params, default=str)):
         raise CacheError(f"token cache {directory}: manifest parameters do not match the requested ones; "
                          "delete the directory to rebuild it")
     return cache
