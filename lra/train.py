@@ -15,6 +15,7 @@ it exits with code 75 (EX_TEMPFAIL) after saving one on SIGTERM/SIGINT. See docs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -161,6 +162,9 @@ def run(cfg: DictConfig) -> dict:
         log.info("%s finished before (record %s); returning its record. checkpoint.resume=never "
                  "starts it over", checkpoints.directory, finished.get("run_id"))
         checkpoints.close()
+        if primary:  # a rerun into another results store still gets its row there
+            with contextlib.suppress(FileExistsError):
+                write_record(cfg.paths.results_dir, finished)
         return finished
     model = build_model(cfg, cache.vocab_size, attention_factory, bias_factory)
     tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)

@@ -159,6 +159,10 @@ def test_divergence_gives_a_diverged_record_and_keeps_the_last_good_checkpoint(c
     assert run(compose("optimizer.schedule.base_learning_rate=1e30", "checkpoint.every_steps=1")) == \
         json.loads((directory / "result.json").read_text())
     assert len(read_records(tmp_path / "results")) == 1
+    # ... and a rerun that stores results elsewhere gets the same record there (not a missing row)
+    again = run(compose("optimizer.schedule.base_learning_rate=1e30", "checkpoint.every_steps=1",
+                        f"paths.results_dir={tmp_path / 'other'}"))
+    assert read_records(tmp_path / "other") == [again] and again["run_id"] == record["run_id"]
 
 
 RESUME_OVERRIDES = ["train.steps=150", "train.eval_every=50", "train.log_every=7", "checkpoint.every_steps=25"]

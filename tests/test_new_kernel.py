@@ -45,7 +45,7 @@ def test_make_sweep_ranks_the_users_kernel_against_softmax(tmp_path):
     venv = Path(sys.executable).parents[1]
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("protocol=")] + [
         f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+        f"paths.checkpoints_dir={tmp_path / 'checkpoints'}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     command = ["make", "--no-print-directory", "-o", "install", "sweep", f"VENV={venv}", f"PY={sys.executable}",
                "TASK=listops", "PRESET=smoke", "ATTENTION=my_kernel,softmax", f"KERNEL_DIR={KERNEL_DIR}",
                "ARGS=" + " ".join(overrides)]
