@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -25,26 +26,32 @@ TINY_OVERRIDES = [
 ]
 
 
-# Tiny data for other tasks; TINY_OVERRIDES' own task.* entries are ListOps'.
+# Other tasks: their own tiny data (TINY_OVERRIDES' task.* entries are ListOps'), fewer steps and no
+# host-overhead windows; these runs check each task's wiring.
 TINY_TASK_OVERRIDES = {
     "pathfinder": ["task.generator.num_train=48", "task.generator.num_val=16", "task.generator.num_test=16"],
 }
+TINY_OTHER_TASK_TRAIN = ["train.steps=2", "train.eval_every=2", "train.log_every=1", "train.overhead_pairs=0"]
+
+
+def compose_tiny(tmp_path: Path, *overrides: str):
+    """The run config of ``overrides`` with tiny sizes and every path (data, results, run dir,
+    checkpoints) under ``tmp_path``, so no test sees another's cache, records or checkpoints."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "listops")
+    tiny = TINY_OVERRIDES if task == "listops" else [
+        *(o for o in TINY_OVERRIDES if not o.startswith("task.")), *TINY_OTHER_TASK_TRAIN,
+        *TINY_TASK_OVERRIDES.get(task, [])]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=[
+            *tiny, f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}",
+            "checkpoint.dir=${run_dir}/checkpoints", *overrides])  # a run's own checkpoints
 
 
 @pytest.fixture
 def compose(tmp_path):
-    """compose(*overrides) -> the run config with tiny sizes and every path under tmp_path."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    def _compose(*overrides):
-        task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "listops")
-        tiny = TINY_OVERRIDES if task == "listops" else [
-            *(o for o in TINY_OVERRIDES if not o.startswith("task.")), *TINY_TASK_OVERRIDES.get(task, [])]
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose("config", overrides=[
-                *tiny, f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}",
-                "checkpoint.dir=${run_dir}/checkpoints", *overrides])  # a run's own checkpoints
-
-    return _compose
+    """compose(*overrides) -> compose_tiny(tmp_path, *overrides)."""
+    return functools.partial(compose_tiny, tmp_path)

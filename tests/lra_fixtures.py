@@ -1,5 +1,4 @@
-"""Builders of tiny data files in the real on-disk formats of the LRA tasks (no network), and a
-tiny-run config composer for tasks other than ListOps."""
+"""Builders of tiny data files in the real on-disk formats of the LRA tasks (no network)."""
 
 from __future__ import annotations
 
@@ -8,22 +7,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-
-from tests.conftest import CONFIG_DIR, TINY_OVERRIDES
-
-# conftest's tiny overrides without the ListOps generator keys (other tasks have no generator).
-# Fewer steps and no host-overhead windows: these runs check the wiring of each task, nothing else.
-TINY_TASK_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(("task.generator", "task.max_length"))] + [
-    "train.steps=2", "train.eval_every=2", "train.log_every=1", "train.overhead_pairs=0"]
-
-
-def compose_tiny(tmp_path: Path, *overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=[
-            *TINY_TASK_OVERRIDES, f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
-            f"run_dir={tmp_path / 'run'}", *overrides])
 
 
 def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

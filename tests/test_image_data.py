@@ -11,7 +11,8 @@ import pytest
 
 from lra.data.archives import ArchiveError
 from lra.data.image import CIFAR_COUNTS, load_image, read_cifar_archive, rgb_to_grayscale
-from tests.lra_fixtures import cifar_batch_bytes, cifar_records, compose_tiny, write_cifar_tar
+from tests.conftest import compose_tiny
+from tests.lra_fixtures import cifar_batch_bytes, cifar_records, write_cifar_tar
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from lra.data.batches import eval_batches
 from lra.data.retrieval import (RELEASE_COUNTS, AANFormatError, encode_bytes, encode_pair, load_retrieval,
                                 read_aan_tsv)
 from lra.model import DualEncoder
-from tests.lra_fixtures import aan_line, compose_tiny, write_aan_files
+from tests.conftest import compose_tiny
+from tests.lra_fixtures import aan_line, write_aan_files
 
 L = 48  # bytes per document in these tests
 

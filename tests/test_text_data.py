@@ -11,7 +11,8 @@ import pytest
 from lra.data.archives import ArchiveError
 from lra.data.batches import eval_batches
 from lra.data.text import IMDB_COUNTS, IMDB_URL, load_text, read_imdb_archive
-from tests.lra_fixtures import compose_tiny, write_imdb_tar
+from tests.conftest import compose_tiny
+from tests.lra_fixtures import write_imdb_tar
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32768
@@ -47,9 +48,22 @@ def logged_history(run_dir: Path) -> list[dict]:
     files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     if len(files) != 1:
         raise FileNotFoundError(f"expected one offline W&B run file under {run_dir}, found {files}")
+    records = _finished_records(files[0])
     rows = []
-    for record in iter_records(files[0]):
+    for record in records:
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
     return rows
+
+
+def _finished_records(path: Path, timeout_s: float = 30.0) -> list:
+    """The file's records once its run's ``exit`` record is there. The last history row is written
+    just before ``exit``, at ``run.finish()``, by W&B's separate writer process; on a loaded machine
+    a test once read the file without that row, so wait (bounded) for the run to be complete."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(iter_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
