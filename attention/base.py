@@ -90,6 +90,19 @@ class PositionalBiasFactory(Protocol):
     def __call__(self, spec: AttentionSpec, *, rngs: nnx.Rngs) -> PositionalBias: ...
 
 
+class ContractError(ValueError):
+    """An attention broke the contract above (e.g. returned another shape than q's)."""
+
+
+def check_output(out, q, who: str, *, dtype: bool = True) -> None:
+    """Raise ``ContractError`` naming ``who`` unless ``out`` has q's shape (and dtype)."""
+    shape = getattr(out, "shape", None)
+    if shape != q.shape or (dtype and getattr(out, "dtype", None) != q.dtype):
+        got = f"{type(out).__name__}" if shape is None else f"shape {tuple(shape)} dtype {out.dtype}"
+        raise ContractError(f"attention {who} returned {got}; expected q's shape {tuple(q.shape)} "
+                            f"dtype {q.dtype} (batch, length, heads, head_dim): see attention/base.py")
+
+
 def require_choice(key: str, value, choices) -> None:
     """Reject a config value outside ``choices`` with an error naming the config key."""
     if value not in choices:

@@ -4,16 +4,17 @@ A run's checkpoint directory (Orbax ``CheckpointManager``; each step is written 
 folder and renamed once complete, so a save killed half-way leaves nothing that looks finished):
 
     <checkpoint dir>/
-        run.json             the run's identity (resolved config minus where and how it logs),
-                             the full resolved config and the vocabulary size
+        run.json             the run's identity (lra.run_identity: the settings and source hashes
+                             that decide its numbers, and its seed), the full resolved config and
+                             the vocabulary size
         <step>/state/        model state (parameters and RNG stream counters), optimizer state
                              (moments, step count) and the best-validation model state
         <step>/progress/     JSON: best and last metrics, every metric row logged so far, window
                              timings and the metrics of the logging window in flight
         result.json          the finished run's record; present once the run is done
 
-The directory is a function of the run's identity, not of Hydra's timestamped run directory, so
-rerunning the same command finds it: an unfinished run resumes from its newest step, a finished
+The directory is a function of the run's identity (``lra.run_identity.checkpoint_directory``), not
+of Hydra's timestamped run directory, so rerunning the same command finds it: an unfinished run resumes from its newest step, a finished
 one returns its record without training again. ``checkpoint.resume`` says what to do with an
 existing directory (auto | never | require). A directory written by a different config, a
 corrupted file or a state of other shapes is a ``CheckpointError`` naming the path and the keys
@@ -30,7 +31,6 @@ into a template of the same structure).
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -51,10 +51,6 @@ RESULT_FILE = "result.json"
 RESUME_POLICIES = ("auto", "never", "require")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, try again" - rerun to continue
 
-# Config entries that may change between attempts of one run without changing what it computes.
-VOLATILE_KEYS = ("run_dir", "progress", "paths", "logger", "checkpoint", "distributed", "hydra",
-                 "train.overhead_pairs", "train.prefetch")
-
 
 class CheckpointError(RuntimeError):
     pass
@@ -67,32 +63,6 @@ class Preempted(Exception):
         self.step, self.signal_name, self.directory = step, signal_name, directory
         where = f"checkpoint saved in {directory}" if directory else "checkpointing is off: nothing saved"
         super().__init__(f"{signal_name} at step {step}: {where}; rerun the same command to continue")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1} (lists stay values)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def run_identity(resolved_config: dict) -> dict:
-    """The flattened config entries that decide what a run computes (VOLATILE_KEYS removed)."""
-    return {key: value for key, value in flatten(resolved_config).items()
-            if not any(key == v or key.startswith(f"{v}.") for v in VOLATILE_KEYS)}
-
-
-def default_directory(root: str | Path, protocol: str, task: str, attention: str, seed: int,
-                      identity: dict) -> Path:
-    """``<root>/<protocol>/<task>/<attention>/seed<seed>-<hash>``: the hash of ``run_identity`` makes
-    every rerun of one command find its directory, while a changed hyperparameter gets its own."""
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return Path(root) / protocol / task / attention.replace("/", "_") / f"seed{seed}-{digest}"
 
 
 def _pure(state) -> dict:
@@ -337,7 +307,7 @@ def restore_model(path: str | Path, which: str = "final"):
     """
     from omegaconf import OmegaConf
 
-    from lra.train import build_attention, build_model, build_positional_bias, task_attention_config
+    from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
     from lra.training.optimizer import build_optimizer
 
     if which not in ("final", "best"):

@@ -45,26 +45,31 @@ def device_peak_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"])
 
 
-def git_sha(repo: Path | None = None) -> str:
+def git_state(repo: Path | None = None) -> tuple[str, bool | None]:
+    """(commit, whether tracked files have uncommitted changes) of the harness checkout;
+    ("unknown", None) outside a git checkout."""
     repo = repo or Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return sha, bool(dirty)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "unknown", None
 
 
-def provenance() -> dict[str, str]:
+def provenance() -> dict[str, str | int | bool | None]:
+    """Where a result came from: device, library versions, harness commit and date."""
     device = jax.local_devices()[0]
+    sha, dirty = git_state()
     info = {
         "device": f"{device.platform}:{device.device_kind}",
-        "device_count": str(jax.device_count()),
+        "device_count": jax.device_count(),
         "python": platform.python_version(),
         "host": platform.node(),
-        "git_sha": git_sha(),
+        "git_sha": sha,
+        "git_dirty": dirty,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     for package in PROVENANCE_PACKAGES:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from attention.base import AttentionFactory, AttentionSpec, PositionalBiasFactory
+from attention.base import AttentionFactory, AttentionSpec, PositionalBiasFactory, check_output
 
 xavier_uniform = nnx.initializers.xavier_uniform()
 
@@ -60,6 +60,7 @@ class MultiHeadSelfAttention(nnx.Module):
         heads = lambda t: t.reshape(batch, length, self.num_heads, self.head_dim)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         y = self.attention(q, k, v, key_mask, deterministic=deterministic)
+        check_output(y, q, type(self.attention).__name__, dtype=False)  # at trace time: costs nothing per step
         if self.positional_bias is not None:  # e.g. FastRPB: + W_h V_h per head, before W_o
             y = y + self.positional_bias(v, key_mask).astype(y.dtype)
         return self.out(y.reshape(batch, length, self.num_heads * self.head_dim))

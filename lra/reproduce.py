@@ -8,10 +8,13 @@
 A table's entry in ``results/published/tables.yaml`` names its CSV (published numbers with their
 citation), the protocol, the seeds, the record fields a reused run must match, the Hydra overrides
 for new runs, and two data mappings: paper rows -> our attention configs (``null`` = not
-implemented here) and paper columns -> our task names. For every (model, task) cell it finds the
-finished, non-diverged records of that attention, task and protocol under
-``results/<protocol>/``; missing seeds are run through the same sweep entry point as
-``make sweep`` (one multirun per task), unless ``--reuse-only`` or ``--dry-run``.
+implemented here) and paper columns -> our task names. For every (model, task) cell it takes the
+records of that attention, task and protocol under ``results/<protocol>/`` that the leaderboard
+counts too (``lra.results.comparable_runs``: one record per seed, the cell's newest fingerprint) and
+that ran exactly this table's settings (their ``settings_changed`` equal the table's overrides; older
+records without it are matched by ``match``). Finished runs are measured; seeds with no finished or
+diverged run are run through the same sweep entry point as ``make sweep`` (one multirun per task),
+unless ``--reuse-only`` or ``--dry-run``.
 
 The comparison uses the checkpoint the protocol reports (its ``test_checkpoint``). Per cell:
 published, measured mean ± sample std over n seeds, difference (measured − published), and
@@ -37,7 +40,8 @@ from lra.atomic_files import atomic_write_text
 from lra.leaderboard.markdown import markdown_table
 from lra.leaderboard.table import CHECKPOINT_COLUMNS, MISSING
 from lra.registry import registered_attentions
-from lra.results import read_records
+from lra.results import comparable_runs, read_records
+from lra.run_identity import is_operational
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "published"
@@ -106,16 +110,41 @@ def available_tasks(protocol: str) -> set[str]:
     return {p.stem for p in TASK_CONFIGS.glob("*.yaml") if (HPARAMS / protocol / p.name).exists()}
 
 
-def _matching(records: list[dict], spec: dict, attention: str, task: str) -> list[dict]:
-    match = spec.get("match") or {}
+def _override_settings(overrides) -> dict[str, object]:
+    """Hydra overrides (``key=value``, ``+key=value``, ``~key``) -> {key: parsed value}, leaving out
+    operational keys (logging, paths, ...) and config-group choices, which change no number."""
+    parsed = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        removed = key.startswith("~")
+        key = key.lstrip("+~")
+        if "." not in key or is_operational(key):
+            continue
+        parsed[key] = "<removed>" if removed else yaml.safe_load(value)
+    return parsed
+
+
+def expected_settings(spec: dict, task: str, extra: list[str] = ()) -> dict[str, object]:
+    """The settings a run of this table and task has beyond its protocol's defaults."""
+    return _override_settings([*spec.get("overrides", []), *(spec.get("task_overrides") or {}).get(task, []),
+                               *extra])
+
+
+def _matching(records: list[dict], spec: dict, attention: str, task: str,
+              extra: list[str] = ()) -> list[dict]:
+    """The counted records (lra.results.comparable_runs) of this cell that ran this table's settings:
+    their recorded ``settings_changed`` equal the table's overrides (records without it, written
+    before it existed, are matched by the table's ``match`` fields alone)."""
+    match, expected = spec.get("match") or {}, expected_settings(spec, task, extra)
     return [r for r in records
             if r.get("attention") == attention and r.get("task") == task and r.get("protocol") == spec["protocol"]
-            and r.get("status", "ok") != "diverged" and all(r.get(k) == v for k, v in match.items())]
+            and r["status"] != "failed" and all(r.get(k) == v for k, v in match.items())
+            and (r.get("settings_changed") is None or _override_settings(r["settings_changed"]) == expected)]
 
 
 def collect(spec: dict, published: pd.DataFrame, records: list[dict], tasks_here: set[str],
-            attentions_here: set[str]) -> list[ComparedCell]:
-    """Every (paper row, task column) cell with what the records hold for it."""
+            attentions_here: set[str], extra: list[str] = ()) -> list[ComparedCell]:
+    """Every (paper row, task column) cell with what the counted records hold for it."""
     cells = []
     for _, row in published.iterrows():
         model = row["model"]
@@ -132,11 +161,11 @@ def collect(spec: dict, published: pd.DataFrame, records: list[dict], tasks_here
             elif task not in tasks_here:
                 cell.status = "task not available"
             else:
-                runs = _matching(records, spec, attention, task)
-                by_seed = {}
-                for record in sorted(runs, key=lambda r: r.get("run_id", "")):
-                    column_name = CHECKPOINT_COLUMNS[record.get("test_checkpoint", "final")]
-                    by_seed.setdefault(record["seed"], 100.0 * float(record[column_name]))
+                runs = [r for r in _matching(records, spec, attention, task, extra) if r["status"] == "ok"]
+                by_seed = {}  # comparable_runs left one record per seed
+                for record in runs:
+                    column_name = CHECKPOINT_COLUMNS[record.get("test_checkpoint") or "final"]
+                    by_seed[record["seed"]] = 100.0 * float(record[column_name])
                 cell.seeds = by_seed
                 cell.accuracies = [by_seed[s] for s in sorted(by_seed)]
                 if by_seed:
@@ -163,13 +192,15 @@ def _average_cell(model: str, attention: str | None, published: str, cells: list
     return cell
 
 
-def missing_runs(spec: dict, cells: list[ComparedCell], records: list[dict]) -> dict[str, dict[str, list[int]]]:
-    """task -> attention -> seeds still to run (seeds 0..seeds-1 without a matching record)."""
+def missing_runs(spec: dict, cells: list[ComparedCell], records: list[dict],
+                 extra: list[str] = ()) -> dict[str, dict[str, list[int]]]:
+    """task -> attention -> seeds still to run (seeds 0..seeds-1 without a finished or diverged record;
+    a failed run is run again)."""
     plan: dict[str, dict[str, list[int]]] = {}
     for cell in cells:
         if cell.task == "avg" or cell.status in ("not implemented", "task not available"):
             continue
-        have = {r["seed"] for r in _matching(records, spec, cell.attention, cell.task)}
+        have = {r["seed"] for r in _matching(records, spec, cell.attention, cell.task, extra)}
         seeds = [s for s in range(spec["seeds"]) if s not in have]
         if seeds:
             plan.setdefault(cell.task, {})[cell.attention] = seeds
@@ -217,10 +248,11 @@ def reproduce(table: str, results_root: Path = REPO / "results", *, reuse_only: 
     results_dir = Path(results_root) / spec["protocol"]
     attentions_here = {info["name"] for info in registered_attentions().values()} | set(registered_attentions())
     tasks_here = available_tasks(spec["protocol"])
-    records = read_records(results_dir)
-    cells = collect(spec, published, records, tasks_here, attentions_here)
-    commands = sweep_commands(spec, missing_runs(spec, cells, records),
-                              [f"paths.results_dir={results_dir}", *extra_overrides])
+    extra = list(extra_overrides)
+    records = comparable_runs(read_records(results_dir)).kept
+    cells = collect(spec, published, records, tasks_here, attentions_here, extra)
+    commands = sweep_commands(spec, missing_runs(spec, cells, records, extra),
+                              [f"paths.results_dir={results_dir}", *extra])
     echo(f"{table}: {spec.get('citation', spec['file'])}")
     echo(f"protocol {spec['protocol']}, {spec['seeds']} seeds per cell, records from {results_dir}")
     for command in commands:
@@ -230,8 +262,8 @@ def reproduce(table: str, results_root: Path = REPO / "results", *, reuse_only: 
             result = subprocess.run(command, cwd=REPO, env=os.environ.copy())
             if result.returncode != 0:
                 raise RuntimeError(f"reproduce: this sweep failed (exit {result.returncode}): {' '.join(command)}")
-        records = read_records(results_dir)
-        cells = collect(spec, published, records, tasks_here, attentions_here)
+        records = comparable_runs(read_records(results_dir)).kept
+        cells = collect(spec, published, records, tasks_here, attentions_here, extra)
     frame = comparison_frame(cells, spread)
     if not dry_run:
         echo(f"written: {write_comparison(frame, results_dir, table, spec, spread)} (and .csv)")

@@ -23,89 +23,29 @@ import sys
 from pathlib import Path
 
 import hydra
-import jax
 from flax import nnx
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from attention.base import HARNESS_KEYS
 from lra.atomic_files import atomic_write_text
-from lra.checkpointing import EXIT_PREEMPTED, Preempted, RunCheckpoints, StopRequest, default_directory, run_identity
+from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
+from lra.checkpointing import EXIT_PREEMPTED, Preempted, RunCheckpoints, StopRequest, read_run_info
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
-from lra.model import DualEncoder, Encoder, count_parameters
-from lra.registry import POSITIONAL_BIAS_CONFIGS
+from lra.model import count_parameters
+from lra.registry import registered_attentions
+from lra.result_record import NO_ACCURACY, make_record
 from lra.results import new_run_id, write_record
+from lra.run_identity import (RunIdentity, checkpoint_directory, compose_defaults, explain_fresh_start, run_identity,
+                              settings, settings_changed)
 from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
+from lra.sweep import SWEEP_ID_VARIABLE
 from lra.training.loop import DivergenceError, LoopConfig, train_and_evaluate
 from lra.training.optimizer import build_optimizer
 from lra.training.sharding import initialize_distributed, is_primary
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
-    """An attention (or positional-bias) YAML -> (name, factory(spec, rngs=...), kwargs for the record)."""
-    config = OmegaConf.to_container(attention_cfg, resolve=True)
-    harness = {key: config.pop(key, None) for key in HARNESS_KEYS}
-    if not harness["name"]:
-        raise ConfigError(f"the {kind} config has no 'name' key (see configs/attention/softmax.yaml)")
-    if harness["requires"] == "gpu" and jax.default_backend() == "cpu":
-        raise ConfigError(f"{kind} '{harness['name']}' needs a GPU ({kind}.requires=gpu); "
-                          "this process only sees a CPU")
-    try:
-        factory = hydra.utils.instantiate(config, _partial_=True)
-    except Exception as error:  # Hydra wraps import errors; say which config and target failed
-        raise ConfigError(f"{kind} '{harness['name']}': cannot build _target_="
-                          f"{config.get('_target_')!r}: {error}") from error
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-    return harness["name"], factory, kwargs
-
-
-def task_attention_config(cfg: DictConfig) -> DictConfig:
-    """``cfg.attention`` with the task's settings for that attention merged in
-    (``task.attention_overrides.<attention name>``, e.g. MRA's ``patch_order`` on images)."""
-    overrides = (cfg.task.get("attention_overrides") or {}).get(cfg.attention.name)
-    return OmegaConf.merge(cfg.attention, overrides) if overrides else cfg.attention
-
-
-def build_positional_bias(cfg: DictConfig):
-    """The positional-bias add-on -> (name, factory, kwargs, from_cli); Nones when there is none.
-
-    It comes from ``+positional_bias=<name>`` on the command line or from a registered combination
-    whose attention YAML names one (``positional_bias: fastrpb``); not both.
-    """
-    from_attention = cfg.attention.get("positional_bias")
-    if cfg.get("positional_bias") is not None:
-        if from_attention:
-            raise ConfigError(f"attention '{cfg.attention.name}' already includes positional_bias="
-                              f"{from_attention}; drop +positional_bias or pick the plain attention")
-        return (*build_attention(cfg.positional_bias, kind="positional_bias"), True)
-    if from_attention:
-        path = POSITIONAL_BIAS_CONFIGS / f"{from_attention}.yaml"
-        if not path.exists():
-            raise ConfigError(f"attention.positional_bias={from_attention!r}: no config {path}")
-        return (*build_attention(OmegaConf.load(path), kind="positional_bias"), False)
-    return None, None, None, False
-
-
-def build_model(cfg: DictConfig, vocab_size: int, attention_factory, positional_bias_factory=None):
-    """The task's model: the common Encoder, or a DualEncoder around it for two-document tasks."""
-    seed = int(cfg.seed)
-    pad_id = cfg.task.pad_id
-    pixel_quirk = pad_id is None and cfg.quirks.pixel_zero_is_padding  # D1: black pixels masked as padding
-    model_cls = DualEncoder if cfg.task.get("dual_encoder") else Encoder
-    return model_cls(vocab_size=vocab_size, num_classes=cfg.task.num_classes, max_length=cfg.task.max_length,
-                     attention=attention_factory, positional_bias=positional_bias_factory,
-                     pad_id=0 if pixel_quirk else pad_id, cls_mask_copies_first_token=bool(pixel_quirk),
-                     grid_shape=cfg.task.get("grid_shape"),
-                     mean_pool_includes_padding=cfg.quirks.mean_pool_includes_padding,
-                     **OmegaConf.to_container(cfg.model, resolve=True),
-                     rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))
 
 
 def _run_dir(cfg: DictConfig, run_id: str) -> Path:
@@ -116,19 +56,52 @@ def _run_dir(cfg: DictConfig, run_id: str) -> Path:
     return Path("outputs") / run_id
 
 
-def _checkpoints(cfg: DictConfig, resolved: dict, vocab_size: int) -> RunCheckpoints | None:
+def _log_path(run_dir: Path) -> str | None:
+    """The run's log file: Hydra's job log (``<run dir>/<job name>.log``) when Hydra runs it."""
+    if HydraConfig.initialized():
+        return str((run_dir / f"{HydraConfig.get().job.name}.log").resolve())
+    return None
+
+
+def _choices(cfg: DictConfig) -> dict[str, str]:
+    """The config-group options this run was composed from (Hydra's record of them, else derived)."""
+    if HydraConfig.initialized():
+        chosen = HydraConfig.get().runtime.choices
+        return {group: chosen.get(group) for group in ("task", "attention", "protocol", "positional_bias")
+                if chosen.get(group)}
+    by_name = {info["name"]: stem for stem, info in registered_attentions().items()}
+    choices = {"task": cfg.task.name, "attention": by_name.get(cfg.attention.name, cfg.attention.name),
+               "protocol": cfg.protocol.name}
+    if cfg.get("positional_bias") is not None:
+        choices["positional_bias"] = cfg.positional_bias.name
+    return choices
+
+
+def _settings_changed(cfg: DictConfig, identity: RunIdentity) -> list[str] | None:
+    """What this run sets differently from its protocol's defaults, as Hydra overrides; None if the
+    defaults cannot be composed (the run goes on, labelled as such)."""
+    try:
+        defaults = OmegaConf.create(compose_defaults(_choices(cfg)))
+        default_settings = settings(OmegaConf.to_container(defaults, resolve=True),
+                                    OmegaConf.to_container(task_attention_config(defaults), resolve=True))
+    except Exception as error:  # noqa: BLE001 - a label must never stop a run
+        log.warning("cannot compose the protocol's defaults to label this run's settings: %s", error)
+        return None
+    return settings_changed(identity.settings, default_settings)
+
+
+def _checkpoints(cfg: DictConfig, resolved: dict, identity: RunIdentity, vocab_size: int) -> RunCheckpoints | None:
     """The run's checkpoint directory (``checkpoint.*``), opened under its resume policy; None if off."""
     if not cfg.checkpoint.enabled:
         return None
-    return RunCheckpoints(cfg.checkpoint.dir, run_identity(resolved), every_steps=int(cfg.checkpoint.every_steps),
+    return RunCheckpoints(cfg.checkpoint.dir, identity.as_dict(), every_steps=int(cfg.checkpoint.every_steps),
                           keep=int(cfg.checkpoint.keep), resume=cfg.checkpoint.resume, vocab_size=vocab_size,
                           config=resolved).open()
 
 
-# What a diverged run reports instead of accuracies: nothing (None), never a made-up 0.
-DIVERGED_METRICS = {key: None for key in (
-    "val_accuracy_best", "val_accuracy_final", "test_accuracy_final", "test_accuracy_best_val",
-    "val_loss_final", "test_loss_final", "test_loss_best_val", "train_loss_final")}
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__)[:500]
 
 
 def run(cfg: DictConfig) -> dict:
@@ -136,27 +109,71 @@ def run(cfg: DictConfig) -> dict:
 
     With checkpoints on, a rerun of an unfinished run resumes it and a rerun of a finished one
     returns the stored record. SIGTERM/SIGINT checkpoint and raise ``Preempted``; a diverged run
-    gets a record with ``status: diverged`` and no accuracies. Only process 0 writes anything.
+    gets a record with ``status: diverged`` and no accuracies; any other exception writes a record
+    with ``status: failed`` (its one-line summary and the log path) and propagates. Only process 0
+    writes anything.
     """
-    attention_name, attention_factory, attention_kwargs = build_attention(task_attention_config(cfg))
-    bias_name, bias_factory, bias_kwargs, bias_from_cli = build_positional_bias(cfg)
-    if bias_from_cli:  # a bias add-on makes a different model: its own leaderboard row
-        attention_name = f"{attention_name}+{bias_name}"
+    attention_name = str(cfg.attention.get("name") or "unnamed")
+    if cfg.get("positional_bias") is not None:  # a bias add-on makes a different model: its own row
+        attention_name = f"{attention_name}+{cfg.positional_bias.get('name')}"
     run_id = new_run_id(cfg.task.name, attention_name, int(cfg.seed))
     run_dir = _run_dir(cfg, run_id)
+    record = {"run_id": run_id, "task": cfg.task.name, "attention": attention_name, "protocol": cfg.protocol.name,
+              "seed": int(cfg.seed), "test_checkpoint": cfg.protocol.get("test_checkpoint", "final"),
+              "run_dir": str(run_dir.resolve()), "log_path": _log_path(run_dir),
+              "sweep_id": os.environ.get(SWEEP_ID_VARIABLE)}
+    try:
+        return _train(cfg, record, run_dir)
+    except (Preempted, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        log.exception("%s/%s seed %s failed", cfg.task.name, attention_name, cfg.seed)
+        failed = make_record(**{**record, **NO_ACCURACY, "status": "failed", "error": _one_line(error),
+                                **provenance()})
+        if is_primary():
+            with contextlib.suppress(OSError):
+                atomic_write_text(run_dir / "result.json", json.dumps(failed, indent=2, default=str) + "\n")
+            write_record(cfg.paths.results_dir, failed)
+        raise
+
+
+def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
+    """``run`` once the record's identity fields are known; fills ``record`` in as it goes."""
     primary = is_primary()
-    checkpoint_dir = cfg.checkpoint.dir or default_directory(  # from the run's identity: a rerun finds it
-        cfg.paths.checkpoints_dir, cfg.protocol.name, cfg.task.name, attention_name, int(cfg.seed),
-        run_identity(OmegaConf.to_container(cfg, resolve=True)))
+    attention_cfg = task_attention_config(cfg)
+    attention_settings = OmegaConf.to_container(attention_cfg, resolve=True)
+    identity = run_identity(OmegaConf.to_container(cfg, resolve=True), attention_settings)
+    changed = _settings_changed(cfg, identity)
+    record.update(fingerprint=identity.fingerprint, settings_changed=changed,
+                  variant="unknown settings" if changed is None else ", ".join(changed),
+                  attention_target=attention_settings.get("_target_"),
+                  attention_source_sha256=identity.code["attention"],
+                  positional_bias_source_sha256=identity.code.get("positional_bias"),
+                  steps=int(cfg.train.steps), batch_size=int(cfg.train.batch_size),
+                  max_length=int(cfg.task.max_length), dtype=str(cfg.model.dtype),
+                  quirks=OmegaConf.to_container(cfg.quirks, resolve=True),
+                  model_config=OmegaConf.to_container(cfg.model, resolve=True),
+                  optimizer_config=OmegaConf.to_container(cfg.optimizer, resolve=True))
+    _, attention_factory, attention_kwargs = build_attention(attention_cfg)
+    bias_name, bias_factory, bias_kwargs, bias_target = build_positional_bias(cfg)
+    record.update(attention_config=attention_kwargs, positional_bias_config=bias_kwargs,
+                  positional_bias_target=bias_target)
+    checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else checkpoint_directory(
+        cfg.paths.checkpoints_dir, cfg.protocol.name, cfg.task.name, record["attention"], identity)
     with open_dict(cfg):  # recorded in config.yaml, absolute, for restore_model(run_dir)
-        cfg.checkpoint.dir = str(Path(checkpoint_dir).absolute())
+        cfg.checkpoint.dir = str(checkpoint_dir.absolute())
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
     cache = load_task(cfg.task, cfg.paths.data_dir, progress=cfg.progress)
-    checkpoints = _checkpoints(cfg, resolved, cache.vocab_size)
+    record.update(data_cache=cache.directory.name, data_sha256=cache.content_sha256)
+    if cfg.checkpoint.enabled and not checkpoint_dir.exists():
+        reason = explain_fresh_start(checkpoint_dir, identity, lambda d: read_run_info(d)["identity"])
+        if reason:
+            log.warning(reason)
+    checkpoints = _checkpoints(cfg, resolved, identity, cache.vocab_size)
     if checkpoints is not None and checkpoints.finished_record is not None:
         finished = checkpoints.finished_record
         log.info("%s finished before (record %s); returning its record. checkpoint.resume=never "
@@ -173,13 +190,13 @@ def run(cfg: DictConfig) -> dict:
     wandb_sink = None
     if cfg.logger.wandb.enabled and primary:
         wandb_sink = WandbSink(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
-                               mode=cfg.logger.wandb.mode, run_dir=run_dir, name=run_id, config=resolved,
-                               tags=[cfg.task.name, attention_name, cfg.protocol.name])
+                               mode=cfg.logger.wandb.mode, run_dir=run_dir, name=record["run_id"], config=resolved,
+                               tags=[cfg.task.name, record["attention"], cfg.protocol.name])
     sinks = MetricSinks(CsvMetricsWriter(run_dir), wandb_sink) if primary else None
     loop_cfg = LoopConfig(max_length=batch_length(cfg.task), seed=int(cfg.seed),
                           **OmegaConf.to_container(cfg.train, resolve=True))
-    label = f"{cfg.task.name}/{attention_name} seed {cfg.seed}"
-    record = None
+    label = f"{cfg.task.name}/{record['attention']} seed {cfg.seed}"
+    result = None
     try:
         with StopRequest() as stop, ProgressBar(label, loop_cfg.steps, enabled=cfg.progress and primary) as progress:
             try:
@@ -190,35 +207,25 @@ def run(cfg: DictConfig) -> dict:
                 outcome = {"status": "ok"}
             except DivergenceError as error:
                 log.error("%s: %s", label, error)
-                metrics = DIVERGED_METRICS
+                metrics = NO_ACCURACY
                 outcome = {"status": "diverged", "diverged_at_step": error.step,
                            "last_checkpoint_step": error.last_checkpoint, "divergence": str(error)}
-        record = {
-            "run_id": run_id, "task": cfg.task.name, "attention": attention_name,
-            "attention_config": attention_kwargs, "positional_bias_config": bias_kwargs,
-            "protocol": cfg.protocol.name, "seed": int(cfg.seed),
-            "test_checkpoint": cfg.protocol.get("test_checkpoint", "final"),  # the leaderboard's headline
-            "steps": loop_cfg.steps, "batch_size": loop_cfg.batch_size, "max_length": cfg.task.max_length,
-            "dtype": cfg.model.dtype, "quirks": OmegaConf.to_container(cfg.quirks),
-            "model_config": OmegaConf.to_container(cfg.model, resolve=True),
-            "optimizer_config": OmegaConf.to_container(cfg.optimizer, resolve=True),
-            "param_count": count_parameters(model), "data_cache": cache.directory.name,
-            **outcome, **metrics, **provenance(), "run_dir": str(run_dir.resolve()),
-        }
+        result = make_record(**{**record, **metrics, **outcome, "param_count": count_parameters(model),
+                                **provenance()})
         if primary:
-            atomic_write_text(run_dir / "result.json", json.dumps(record, indent=2, default=str) + "\n")
-            write_record(cfg.paths.results_dir, record)
+            atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2, default=str) + "\n")
+            write_record(cfg.paths.results_dir, result)
         if checkpoints is not None:
-            checkpoints.finish(record)
+            checkpoints.finish(result)
     except Preempted as preempted:
         log.warning("%s: %s", label, preempted)
         raise
     finally:
         if sinks is not None:
-            sinks.close(record)
+            sinks.close(result)
         if checkpoints is not None:
             checkpoints.close()
-    return record
+    return result
 
 
 def _discard(step: int, split: str, metrics: dict) -> None:
@@ -263,6 +270,12 @@ def main(cfg: DictConfig) -> float:
         record = run(cfg)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)  # checkpoint saved; a rerun (or SLURM requeue) continues
+    except Exception as error:  # recorded as failed by run()
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise  # a single run exits non-zero with the traceback
+        log.error("%s/%s seed %s failed (%s); the sweep goes on, its summary lists the failures",
+                  cfg.task.name, cfg.attention.get("name"), cfg.seed, _one_line(error))
+        return float("nan")
     best = record["val_accuracy_best"]
     return float("nan") if best is None else float(best)
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lra.bench import approximation, efficiency
-from lra.train import build_attention, build_model
+from lra.build import build_attention, build_model
 from lra.registry import load_attention_config
 
 

@@ -16,8 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
-from lra.checkpointing import (EXIT_PREEMPTED, CheckpointError, RunCheckpoints, StopRequest, default_directory,
-                               restore_model, run_identity)
+from lra.checkpointing import EXIT_PREEMPTED, CheckpointError, RunCheckpoints, StopRequest, restore_model
 from lra.results import read_records
 from lra.train import run
 from tests.conftest import REPO, TINY_OVERRIDES
@@ -105,21 +104,6 @@ def test_refuses_foreign_directory_and_missing_required_checkpoint(tmp_path):
         _open(tmp_path / "busy")
     with pytest.raises(CheckpointError, match="resume=require"):
         _open(tmp_path / "empty", resume="require")
-
-
-def test_identity_ignores_where_and_how_a_run_logs():
-    a = run_identity({"seed": 0, "run_dir": "x", "paths": {"data_dir": "d"}, "train": {"steps": 5, "prefetch": 2}})
-    b = run_identity({"seed": 0, "run_dir": "y", "paths": {"data_dir": "e"}, "train": {"steps": 5, "prefetch": 4}})
-    assert a == b == {"seed": 0, "train.steps": 5}
-
-
-def test_default_directory_is_stable_per_command_and_changes_with_a_hyperparameter():
-    where = ("checkpoints", "smoke", "listops", "softmax", 0)
-    first = default_directory(*where, run_identity({"seed": 0, "run_dir": "a", "train": {"steps": 5}}))
-    rerun = default_directory(*where, run_identity({"seed": 0, "run_dir": "b", "train": {"steps": 5}}))
-    longer = default_directory(*where, run_identity({"seed": 0, "run_dir": "a", "train": {"steps": 6}}))
-    assert first == rerun and first != longer and first.parent == longer.parent
-    assert first.name.startswith("seed0-") and str(first.parent) == "checkpoints/smoke/listops/softmax"
 
 
 def test_train_batches_resume_at_any_position(tmp_path):

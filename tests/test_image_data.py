@@ -103,7 +103,7 @@ def test_counts_and_grid_in_the_task_config(tmp_path):
 def test_pixel_zero_quirk_masks_black_pixels_and_cls_copies_the_first(tmp_path):
     from flax import nnx
 
-    from lra.train import build_attention, build_model
+    from lra.build import build_attention, build_model
 
     tiny = ["task=image", "task.max_length=4", "~task.grid_shape", "model.emb_dim=8", "model.qkv_dim=8",
             "model.mlp_dim=8", "model.num_layers=1", "model.num_heads=2", "model.pooling=cls"]

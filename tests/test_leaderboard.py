@@ -9,7 +9,7 @@ import pytest
 
 from lra.leaderboard import (HTML_FILE, LEADERBOARD_FILE, leaderboard_frame, leaderboard_rows, write_combined_leaderboard,
                              write_leaderboard)
-from lra.results import read_table, write_record
+from lra.results import read_records, write_record
 from tests.leaderboard_records import (LINEAR_LISTOPS, PERFORMER_LISTOPS, SOFTMAX_LISTOPS, build_results_root,
                                        pct_mean_std)
 from tests.test_results import make_record
@@ -22,7 +22,7 @@ def results_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def official(results_root):
-    frame = leaderboard_frame(read_table(results_root / "lra_official"))
+    frame = leaderboard_frame(leaderboard_rows(read_records(results_root / "lra_official")))
     return {r["attention"]: r for r in frame.to_dict("records")}, list(frame.columns)
 
 
@@ -85,14 +85,14 @@ def test_rows_sorted_complete_first_then_by_average(official):
 def test_ratios_need_the_same_device_and_protocol(tmp_path, results_root):
     write_record(tmp_path, make_record("a", attention="softmax", step_time=0.2, device="gpu"))
     write_record(tmp_path, make_record("b", attention="linear", step_time=0.1, device="cpu"))
-    rows = {r.attention: r for r in leaderboard_rows(read_table(tmp_path))}
+    rows = {r.attention: r for r in leaderboard_rows(read_records(tmp_path))}
     assert rows["linear"].speed is None and rows["softmax"].speed == 1.0
-    lineage = leaderboard_rows(read_table(results_root / "pytorch_lineage"))
+    lineage = leaderboard_rows(read_records(results_root / "pytorch_lineage"))
     assert [(r.attention, r.speed, r.param_ratio) for r in lineage] == [("linear", None, None)]
 
 
 def test_protocol_checkpoint_rule_picks_the_headline(results_root):
-    (row,) = leaderboard_rows(read_table(results_root / "pytorch_lineage"))
+    (row,) = leaderboard_rows(read_records(results_root / "pytorch_lineage"))
     assert row.checkpoint == "best_val" and row.cells["listops"].mean == pytest.approx(55.0)
     assert row.other_cells["listops"].mean == pytest.approx(50.0)
 
@@ -100,7 +100,7 @@ def test_protocol_checkpoint_rule_picks_the_headline(results_root):
 def test_unknown_checkpoint_rule_is_an_error(tmp_path):
     write_record(tmp_path, make_record("a", test_checkpoint="last"))
     with pytest.raises(ValueError, match="test_checkpoint"):
-        leaderboard_rows(read_table(tmp_path))
+        leaderboard_rows(read_records(tmp_path))
 
 
 def test_write_leaderboard_markdown_html_and_plots(results_root):
@@ -131,7 +131,7 @@ def test_combined_leaderboard_spans_protocols_and_skips_bench(results_root):
 
 
 def test_write_leaderboard_on_empty_dir_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="results.csv"):
+    with pytest.raises(FileNotFoundError, match="records"):
         write_leaderboard(tmp_path)
     with pytest.raises(FileNotFoundError, match="sweep"):
         write_combined_leaderboard(tmp_path)

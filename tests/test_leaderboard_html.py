@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from lra.leaderboard import HTML_FILE, leaderboard_rows, write_combined_leaderboard
-from lra.results import read_table
+from lra.results import read_records
 from tests.leaderboard_records import build_results_root
 
 CHROMIUM = os.environ.get("LRA_CHROMIUM", "/usr/bin/chromium")
@@ -28,8 +28,8 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 def board(tmp_path_factory):
     root = build_results_root(tmp_path_factory.mktemp("results"))
     _, _, frame = write_combined_leaderboard(root, plots=False)
-    results = pd.concat([read_table(root / p) for p in ("lra_official", "pytorch_lineage")])
-    return root / HTML_FILE, frame, leaderboard_rows(results)
+    records = [r for p in ("lra_official", "pytorch_lineage") for r in read_records(root / p)]
+    return root / HTML_FILE, frame, leaderboard_rows(records)
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,10 @@ def test_make_sweep_ranks_the_users_kernel_against_softmax(tmp_path):
     assert "LRA leaderboard" in result.stdout  # printed by the multirun-end callback
 
     leaderboard = (tmp_path / "results" / "leaderboard.md").read_text().split("## Test accuracy at the other")[0]
-    lines = {line.split("|")[2].strip(): line for line in leaderboard.splitlines() if line.startswith("| smoke |")}
+    # a row's label is the attention, then the settings this variant changed from its protocol (the tiny overrides)
+    lines = {line.split("|")[2].strip().split(" [")[0]: line
+             for line in leaderboard.splitlines() if line.startswith("| smoke |")}
+    assert all("model.emb_dim=16" in line for line in lines.values())
     assert {"my_kernel", "softmax"} <= set(lines)
     header = next(line for line in leaderboard.splitlines() if line.startswith("| protocol"))
     column = [c.strip() for c in header.split("|")].index("params vs softmax")
@@ -71,7 +74,7 @@ def test_make_sweep_ranks_the_users_kernel_against_softmax(tmp_path):
         assert Path(record["run_dir"]).is_dir() and record["test_checkpoint"] == "final"
     assert records["my_kernel"]["attention_config"] == {"eps": 1e-6}
     page = (tmp_path / "results" / "leaderboard.html").read_text()
-    assert 'data-row="smoke/my_kernel"' in page and 'data-row="smoke/softmax"' in page
+    assert 'data-row="smoke/my_kernel [' in page and 'data-row="smoke/softmax [' in page
 
 
 def _make_dry_run(*variables: str) -> str:

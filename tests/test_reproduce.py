@@ -3,6 +3,7 @@ missing, what would run, the comparison (difference, within-spread) and the runs
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 
@@ -15,8 +16,11 @@ from lra.results import read_records, write_record
 from tests.test_results import make_record
 
 
+RUN_NUMBERS = itertools.count()
+
+
 def _add(results_dir, attention, task, seed, accuracy, **extra):
-    run_id = f"{task}_{attention}_s{seed}_{extra.get('status', 'ok')}_{extra.get('protocol', 'x')}_{extra.get('steps')}"
+    run_id = f"{next(RUN_NUMBERS):03d}_{task}_{attention}_s{seed}"  # in the order written: later = newer
     record = make_record(run_id, task=task, attention=attention, seed=seed, final=accuracy / 100,
                          best_val=0.0, **extra)
     write_record(results_dir, record)
@@ -92,9 +96,11 @@ def test_average_and_runs_launched_for_missing_cells(tmp_path, monkeypatch):
         "models": {"Transformer": "softmax", "Unbuilt": None}}}))
     monkeypatch.setattr(reproduce_module, "available_tasks", lambda protocol: {"listops", "text"})
     results = tmp_path / "results" / "lra_official"
-    _add(results, "softmax", "listops", 0, 40.0, steps=100)
-    _add(results, "softmax", "listops", 1, 42.0, steps=100)
-    _add(results, "softmax", "text", 0, 59.0, steps=999)  # another step budget: not this table's run
+    listops, text = ["train.steps=100"], ["task.x=1", "train.steps=100"]  # what the table's runs set
+    _add(results, "softmax", "listops", 0, 40.0, steps=100, settings_changed=listops)
+    _add(results, "softmax", "listops", 1, 42.0, steps=100, settings_changed=listops)
+    _add(results, "softmax", "text", 0, 59.0, steps=999, settings_changed=["train.steps=999"])  # not this table's
+    _add(results, "softmax", "text", 1, 58.0, steps=100, settings_changed=["train.steps=100"])  # lacks task.x=1
 
     launched = []
 
@@ -102,7 +108,7 @@ def test_average_and_runs_launched_for_missing_cells(tmp_path, monkeypatch):
         launched.append(command)
         task = next(a for a in command if a.startswith("task=")).split("=")[1]
         for seed in next(a for a in command if a.startswith("seed=")).split("=")[1].split(","):
-            _add(results, "softmax", task, int(seed), 60.0 + int(seed), steps=100)
+            _add(results, "softmax", task, int(seed), 60.0 + int(seed), steps=100, settings_changed=text)
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(reproduce_module.subprocess, "run", fake_run)
@@ -117,4 +123,4 @@ def test_average_and_runs_launched_for_missing_cells(tmp_path, monkeypatch):
     assert cells[("softmax", "avg")]["measured"] == "50.75 ± 1.06 (n=2)"
     assert cells[("softmax", "avg")]["difference"] == "+0.75" and cells[("softmax", "avg")]["within spread"] == "yes"
     assert cells[("—", "avg")]["status"] == "not implemented"
-    assert len([r for r in read_records(results) if r["task"] == "text"]) == 3
+    assert len([r for r in read_records(results) if r["task"] == "text"]) == 4

@@ -12,28 +12,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lra import result_record
 from lra.atomic_files import atomic_write_text
-from lra.results import RECORDS, TABLE, read_records, read_table, rebuild_table, write_record
+from lra.results import RECORDS, TABLE, read_records, rebuild_table, write_record
 
 
 def make_record(run_id, *, task="listops", attention="softmax", protocol="lra_official", seed=0,
                 final=0.5, best_val=0.5, step_time=0.1, xla_bytes=1_000_000, params=1234, device="cpu",
-                **extra):
-    record = {
-        "run_id": run_id,
-        "task": task,
-        "attention": attention,
-        "protocol": protocol,
-        "seed": seed,
-        "test_accuracy_final": final,
-        "test_accuracy_best_val": best_val,
-        "step_time_median_s": step_time,
-        "xla_step_bytes": xla_bytes,
-        "param_count": params,
-        "device": device,
-    }
-    record.update(extra)
-    return record
+                settings_changed=(), fingerprint=None, date="2026-01-01T00:00:00+00:00", **extra):
+    """A schema record (lra.result_record) of a finished run; ``settings_changed`` makes it a variant,
+    and its fingerprint defaults to one per (protocol, task, attention, variant)."""
+    changed = list(settings_changed)
+    variant = ", ".join(changed)
+    extra.setdefault("status", "ok")
+    return result_record.make_record(
+        run_id=run_id, task=task, attention=attention, protocol=protocol, seed=seed, variant=variant,
+        settings_changed=changed, fingerprint=fingerprint or f"fp-{protocol}-{task}-{attention}-{variant}",
+        test_accuracy_final=final, test_accuracy_best_val=best_val, step_time_median_s=step_time,
+        xla_step_bytes=xla_bytes, param_count=params, device=device, date=date, **extra)
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -46,8 +42,12 @@ def _leftovers(directory: Path) -> list[str]:
 # --------------------------------------------------------------------------- #
 
 
+def read_table(results_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(results_dir / TABLE)
+
+
 def test_write_record_writes_record_and_table_row(tmp_path):
-    record = make_record("run-a", seed=3, final=0.375, config={"lr": 0.05, "layers": [1, 2]})
+    record = make_record("run-a", seed=3, final=0.375, model_config={"emb_dim": 32, "layers": [1, 2]})
     path = write_record(tmp_path, record)
     assert path == tmp_path / RECORDS / "run-a.json"
     assert json.loads(path.read_text()) == record
@@ -55,7 +55,7 @@ def test_write_record_writes_record_and_table_row(tmp_path):
     assert len(table) == 1
     row = table.iloc[0]
     assert row["run_id"] == "run-a" and row["seed"] == 3 and row["test_accuracy_final"] == 0.375
-    assert json.loads(row["config"]) == {"lr": 0.05, "layers": [1, 2]}  # nested fields as JSON text
+    assert json.loads(row["model_config"]) == {"emb_dim": 32, "layers": [1, 2]}  # nested fields as JSON text
     assert read_records(tmp_path) == [record]
 
 
@@ -76,14 +76,6 @@ def test_table_accumulates_rows_sorted(tmp_path):
     write_record(tmp_path, make_record("r3", attention="softmax", seed=0))
     table = read_table(tmp_path)
     assert table["run_id"].tolist() == ["r1", "r3", "r2"]  # by task, attention, seed
-
-
-def test_read_table_on_empty_dir_is_helpful(tmp_path):
-    with pytest.raises(FileNotFoundError) as info:
-        read_table(tmp_path)
-    message = str(info.value)
-    assert str(tmp_path / TABLE) in message
-    assert "sweep" in message  # tells the user how to produce one
 
 
 # --------------------------------------------------------------------------- #
@@ -216,3 +208,20 @@ def test_atomic_write_does_not_leak_fd_when_chmod_fails(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
     assert _open_fds() == before
+
+
+def test_table_columns_follow_the_schema_in_order_with_types(tmp_path):
+    write_record(tmp_path, make_record("r1", seed=2, params=1234, git_dirty=True,
+                                       optimizer_config={"b1": 0.9}))
+    write_record(tmp_path, make_record("r2", status="failed", error="ValueError: boom", final=None, best_val=None))
+    table = read_table(tmp_path)
+    assert list(table.columns[:8]) == ["run_id", "protocol", "task", "attention", "variant", "seed", "fingerprint",
+                                       "status"]
+    assert list(table.columns) == list(result_record.FIELD_NAMES)
+    assert str(table["seed"].dtype) == "int64" and str(table["param_count"].dtype) == "int64"
+    assert table["run_id"].tolist() == ["r2", "r1"]  # sorted by seed within the cell
+    assert table["test_accuracy_final"].isna().tolist() == [True, False]
+    assert table.loc[0, "error"] == "ValueError: boom"
+    assert json.loads(table.loc[1, "optimizer_config"]) == {"b1": 0.9}
+    typed = result_record.records_frame(read_records(tmp_path))
+    assert str(typed["git_dirty"].dtype) == "boolean" and str(typed["seed"].dtype) == "Int64"

@@ -25,7 +25,7 @@ def _train(devices, overrides: list[str]) -> tuple[dict, dict]:
     from omegaconf import OmegaConf
 
     from lra.data.tasks import load_task
-    from lra.train import build_attention, build_model
+    from lra.build import build_attention, build_model
     from lra.training.loop import LoopConfig, train_and_evaluate
     from lra.training.optimizer import build_optimizer
     from lra.training.sharding import data_mesh

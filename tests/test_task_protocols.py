@@ -7,7 +7,7 @@ from flax import nnx
 
 from lra.data.tasks import batch_length
 from lra.model import DualEncoder, count_parameters
-from lra.train import build_attention, build_model
+from lra.build import build_attention, build_model
 from tests.conftest import CONFIG_DIR
 
 VOCAB = {"text": 257, "retrieval": 257, "image": 256}
@@ -42,7 +42,7 @@ def test_retrieval_heads_per_protocol():
 
 
 def test_task_attention_overrides_apply_only_to_the_named_attention():
-    from lra.train import task_attention_config
+    from lra.build import task_attention_config
 
     mra = _compose("task=image", "attention=mra2")
     assert task_attention_config(mra).patch_order is True and mra.attention.patch_order is False

@@ -48,7 +48,7 @@ from attention.softmax import softmax_attention
 from lra.atomic_files import atomic_write_text
 from lra.bench.report import PointProgress, markdown_table, output_directory, plot_lines, write_csv, write_provenance
 from lra.registry import ATTENTION_CONFIGS, load_attention_config
-from lra.train import build_attention
+from lra.build import build_attention
 
 PLAN = ATTENTION_CONFIGS.parent / "bench" / "approximation.yaml"
 TARGETS = ("softmax", "gaussian_kernel", "expected_kernel", "monte_carlo_kernel")
@@ -272,8 +272,9 @@ def run(plan: dict, attentions: list[str], inputs: Inputs, lengths: list[int], b
 # ------------------------------------------------------------------------------------------------
 
 def markdown_report(rows: list[dict], info: dict) -> str:
+    commit = info['git_sha'] + ("-dirty" if info.get("git_dirty") else "")
     lines = [f"# Approximation error — {info['device']}\n",
-             f"{info['date']}, git {info['git_sha']}, jax {info['jax_version']}. Relative error "
+             f"{info['date']}, git {commit}, jax {info['jax_version']}. Relative error "
              "||out − exact|| / ||exact|| over real query positions; mean ± std over draws.\n",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in info["settings"].items()) + ".\n",
              "Families with no approximation error (exact computations of their own kernel) are not listed: "

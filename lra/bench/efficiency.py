@@ -63,7 +63,7 @@ from lra.bench.report import (PointProgress, markdown_table, output_directory, p
                               write_provenance)
 from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
 from lra.registry import ATTENTION_CONFIGS, load_attention_config, registered_attentions, runnable_attentions
-from lra.train import build_attention, build_model
+from lra.build import build_attention, build_model
 from lra.training.steps import compile_step, make_eval_step, weighted_loss_and_correct
 
 MODES = ("layer", "encoder")
@@ -347,8 +347,9 @@ def cell(row: dict | None, value: str, ratio: str, unit: str, scale: float) -> s
 
 def markdown_report(rows: list[dict], summary: list[dict], info: dict) -> str:
     lengths = sorted({row["length"] for row in rows})
+    commit = info['git_sha'] + ("-dirty" if info.get("git_dirty") else "")
     lines = [f"# Efficiency benchmark — {info['device']}\n",
-             f"{info['date']}, git {info['git_sha']}, jax {info['jax_version']}, backend {info['backend']}. "
+             f"{info['date']}, git {commit}, jax {info['jax_version']}, backend {info['backend']}. "
              "Settings: " + ", ".join(f"{k}={v}" for k, v in info["settings"].items()) + ".\n"]
     if info["backend"] == "cpu":
         lines.append("**CPU run**: timings and memory of a CPU, not of an accelerator; the flash path is absent.\n")

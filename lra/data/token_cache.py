@@ -31,7 +31,6 @@ sizes and shapes unless ``verify=True`` asks for a full sha256 check.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lra.digest import json_sha256, path_sha256
 
 __all__ = [
     "FORMAT_VERSION",
@@ -70,7 +71,6 @@ _STALE_TMP_SECONDS = 24 * 3600
 # Size of the hand-written .npy header of the tokens file (fixed, so it can be
 # rewritten in place once the total length is known).
 _NPY_HEADER_BYTES = 128
-_HASH_CHUNK = 1 << 22
 _WRITE_BUFFER = 1 << 20
 
 
@@ -191,13 +191,13 @@ class TokenCache:
     def vocab_size(self) -> int:
         return len(self.manifest["vocab"])
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    @property
+    def content_sha256(self) -> str:
+        """What the cache holds, wherever it lies: a hash of the vocabulary and of every array
+        file's sha256 in the manifest (no file is read)."""
+        files = {name: {kind: info["sha256"] for kind, info in meta["files"].items()}
+                 for name, meta in self.manifest["splits"].items()}
+        return json_sha256({"vocab": self.manifest["vocab"], "files": files})
 
 
 def read_cache(directory: str | os.PathLike, verify: bool = False) -> TokenCache:
@@ -251,7 +251,7 @@ def read_cache(directory: str | os.PathLike, verify: bool = False) -> TokenCache
                         f"token cache {d}: file {info['name']} has {size} bytes, manifest says {info['bytes']}"
                     )
                 if verify:
-                    digest = _sha256(path)
+                    digest = path_sha256(path)
                     if digest != info["sha256"]:
                         raise CacheError(
                             f"token cache {d}: checksum mismatch for {info['name']} "
@@ -380,7 +380,7 @@ def _write_split(
     files = {}
     for kind, fname in (("tokens", tok_name), ("offsets", off_name), ("labels", lab_name)):
         p = tmp / fname
-        files[kind] = {"name": fname, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files[kind] = {"name": fname, "bytes": p.stat().st_size, "sha256": path_sha256(p)}
     return {
         "count": count,
         "num_tokens": total,
@@ -520,7 +520,7 @@ def file_sha256(path: Path, memo_path: Path) -> str:
     entry = memo.get(key)
     if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
-    digest = _sha256(path)
+    digest = path_sha256(path)
     memo[key] = {"stamp": stamp, "sha256": digest}
     try:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
@@ -534,8 +534,7 @@ def file_sha256(path: Path, memo_path: Path) -> str:
 
 def params_key(prefix: str, params: Mapping[str, Any]) -> str:
     """Cache directory name: a readable ``prefix`` plus a hash of every content parameter."""
-    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
-    return f"{prefix}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()[:12]}"
+    return f"{prefix}-{json_sha256(params)[:12]}"
 
 
 def open_or_build(

@@ -5,7 +5,8 @@
     results/<protocol>/leaderboard_*.png  accuracy vs speed (marker = memory), per-task bars
     results/leaderboard.{md,html}         every protocol found under results/ in one table
 
-Everything is rebuilt from the records' table (results.csv), never edited by hand. How cells,
+Everything is rebuilt from the result records (``<results_dir>/records/*.json``), never edited by
+hand; which records count is ``lra.results.comparable_runs``. How cells,
 averages and ratios are computed is in ``lra.leaderboard.table``; the rules, briefly: mean ± std
 over seeds with the seed count, missing tasks shown as missing (never zero, averages marked
 partial), speed and memory relative to softmax of the same protocol, task and device, and the LRA
@@ -21,28 +22,36 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from hydra.experimental.callback import Callback
 
 from lra.atomic_files import atomic_write_text
 from lra.leaderboard.html import leaderboard_html
 from lra.leaderboard.markdown import leaderboard_markdown, notes
 from lra.leaderboard.table import BASELINE, PARAMETER_RULE, TASK_ORDER, Row, leaderboard_frame, leaderboard_rows
-from lra.results import TABLE, read_table
+from lra.results import RECORDS, Selection, comparable_runs, read_records
 
 LEADERBOARD_FILE = "leaderboard.md"
 HTML_FILE = "leaderboard.html"
 NOT_PROTOCOL_DIRS = ("bench", "published")  # folders under results/ that hold no run records
 
-__all__ = ["BASELINE", "PARAMETER_RULE", "TASK_ORDER", "LEADERBOARD_FILE", "HTML_FILE", "LeaderboardCallback",
-           "leaderboard_frame", "leaderboard_rows", "write_leaderboard", "write_combined_leaderboard", "main"]
+__all__ = ["BASELINE", "PARAMETER_RULE", "TASK_ORDER", "LEADERBOARD_FILE", "HTML_FILE", "leaderboard_frame",
+           "leaderboard_rows", "load_records", "write_leaderboard", "write_combined_leaderboard", "main"]
 
 
-def _write_pages(directory: Path, results: pd.DataFrame, rows: list[Row], source: str,
+def load_records(results_dir: str | Path) -> list[dict]:
+    """The records of one results folder; a clear error when it has none."""
+    records = read_records(results_dir)
+    if not records:
+        raise FileNotFoundError(f"no result records in {Path(results_dir) / RECORDS}: run a sweep first "
+                                "(make sweep TASK=listops)")
+    return records
+
+
+def _write_pages(directory: Path, rows: list[Row], selection: Selection, source: str,
                  plots: list[Path]) -> tuple[Path, str, pd.DataFrame]:
-    text = leaderboard_markdown(results, rows, source, [str(p.relative_to(directory)) for p in plots])
+    text = leaderboard_markdown(rows, source, [str(p.relative_to(directory)) for p in plots], selection)
     atomic_write_text(directory / LEADERBOARD_FILE, text)
-    atomic_write_text(directory / HTML_FILE, leaderboard_html(results, rows, notes(rows, source), plots))
-    return directory / LEADERBOARD_FILE, text, leaderboard_frame(results, rows)
+    atomic_write_text(directory / HTML_FILE, leaderboard_html(rows, notes(rows, source), plots))
+    return directory / LEADERBOARD_FILE, text, leaderboard_frame(rows)
 
 
 def write_leaderboard(results_dir: str | Path, plots: bool = True) -> tuple[Path, str, pd.DataFrame]:
@@ -50,20 +59,22 @@ def write_leaderboard(results_dir: str | Path, plots: bool = True) -> tuple[Path
     from lra.leaderboard.plots import write_plots
 
     results_dir = Path(results_dir)
-    results = read_table(results_dir)
-    rows = leaderboard_rows(results)
+    records = load_records(results_dir)
+    selection = comparable_runs(records)
+    rows = leaderboard_rows(records, selection)
     figures = []
     if plots:
         for protocol in sorted({row.protocol for row in rows}):
             protocol_rows = [row for row in rows if row.protocol == protocol]
             folder = results_dir if len({row.protocol for row in rows}) == 1 else results_dir / "plots" / protocol
             figures += write_plots(protocol_rows, folder)
-    return _write_pages(results_dir, results, rows, f"`{results_dir / TABLE}`", figures)
+    return _write_pages(results_dir, rows, selection, f"`{results_dir / RECORDS}/`", figures)
 
 
 def protocol_dirs(root: str | Path) -> list[Path]:
-    """The folders under ``root`` that hold a results table (results/bench and results/published excluded)."""
-    return sorted(p.parent for p in Path(root).glob(f"*/{TABLE}") if p.parent.name not in NOT_PROTOCOL_DIRS)
+    """The folders under ``root`` that hold result records (results/bench and results/published excluded)."""
+    return sorted(p.parent for p in Path(root).glob(f"*/{RECORDS}")
+                  if p.is_dir() and p.parent.name not in NOT_PROTOCOL_DIRS and any(p.glob("*.json")))
 
 
 def write_combined_leaderboard(root: str | Path, plots: bool = True) -> tuple[Path, str, pd.DataFrame]:
@@ -71,16 +82,17 @@ def write_combined_leaderboard(root: str | Path, plots: bool = True) -> tuple[Pa
     root = Path(root)
     folders = protocol_dirs(root)
     if not folders:
-        raise FileNotFoundError(f"no results tables under {root}/*/{TABLE}: run a sweep first "
+        raise FileNotFoundError(f"no result records under {root}/*/{RECORDS}/: run a sweep first "
                                 "(make sweep TASK=listops)")
     figures = []
     for folder in folders:
         write_leaderboard(folder, plots=plots)
         figures += sorted(folder.glob("leaderboard_*.png")) if plots else []
-    results = pd.concat([read_table(folder) for folder in folders], ignore_index=True)
-    rows = leaderboard_rows(results)
-    source = ", ".join(f"`{folder / TABLE}`" for folder in folders)
-    return _write_pages(root, results, rows, source, figures)
+    records = [record for folder in folders for record in read_records(folder)]
+    selection = comparable_runs(records)
+    rows = leaderboard_rows(records, selection)
+    source = ", ".join(f"`{folder / RECORDS}/`" for folder in folders)
+    return _write_pages(root, rows, selection, source, figures)
 
 
 def print_leaderboard(path: Path, frame: pd.DataFrame) -> None:
@@ -95,25 +107,10 @@ def print_leaderboard(path: Path, frame: pd.DataFrame) -> None:
     Console(width=220).print(table)
 
 
-class LeaderboardCallback(Callback):
-    """Hydra callback: rebuild and print the sweep's protocol leaderboard when a multirun finishes."""
-
-    def __init__(self, results_dir: str):
-        self.results_dir = results_dir
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        try:
-            path, _, frame = write_leaderboard(self.results_dir)
-        except FileNotFoundError as error:  # a sweep whose runs all failed leaves no table
-            print(f"leaderboard: {error}")
-            return
-        print_leaderboard(path, frame)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--results-dir", help="one protocol's folder holding results.csv")
+    where.add_argument("--results-dir", help="one protocol's folder holding records/")
     where.add_argument("--root", help="a folder of protocol folders (results/): all of them + the combined page")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     args = parser.parse_args(argv)
@@ -122,7 +119,7 @@ def main(argv=None) -> None:
             path, _, frame = write_leaderboard(args.results_dir, plots=not args.no_plots)
         else:
             path, _, frame = write_combined_leaderboard(args.root or "results", plots=not args.no_plots)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"leaderboard: {error}") from None
     print_leaderboard(path, frame)
     print(f"written: {path} and {path.with_name(HTML_FILE)}")

@@ -12,8 +12,6 @@ import html
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from lra.leaderboard.table import Row, leaderboard_frame
 
 STYLE = """
@@ -76,7 +74,8 @@ def _cell_class(row: Row, column: str, text: str, is_task: bool) -> str:
     classes = []
     if text == "—":
         classes.append("missing")
-    if is_task and column in row.cells and row.cells[column].seeds == 0 and row.cells[column].diverged:
+    if is_task and column in row.cells and row.cells[column].seeds == 0 and (
+            row.cells[column].diverged or row.cells[column].failed):
         classes.append("diverged")
     if column == "average" and "partial" in text:
         classes.append("partial")
@@ -87,9 +86,8 @@ def _cell_class(row: Row, column: str, text: str, is_task: bool) -> str:
     return " ".join(classes)
 
 
-def leaderboard_html(results: pd.DataFrame, rows: list[Row], notes_markdown: str,
-                     plots: list[Path] = ()) -> str:
-    frame = leaderboard_frame(results, rows)
+def leaderboard_html(rows: list[Row], notes_markdown: str, plots: list[Path] = ()) -> str:
+    frame = leaderboard_frame(rows)
     columns = list(frame.columns)
     tasks = [c for c in columns if c in {t for row in rows for t in row.table_tasks}]
     head = "".join(f'<th data-type="{"text" if c in ("protocol", "attention") else "number"}">{html.escape(c)}</th>'
@@ -100,11 +98,11 @@ def leaderboard_html(results: pd.DataFrame, rows: list[Row], notes_markdown: str
         cells = []
         for column in columns:
             text = str(shown[column])
-            sort = row.protocol if column == "protocol" else row.attention if column == "attention" else numbers[column]
+            sort = row.protocol if column == "protocol" else row.label if column == "attention" else numbers[column]
             sort_attr = "" if sort is None else html.escape(str(sort), quote=True)
             css = _cell_class(row, column, text, column in tasks)
             cells.append(f'<td class="{css}" data-sort="{sort_attr}">{html.escape(text)}</td>')
-        body.append(f'<tr data-row="{html.escape(row.protocol)}/{html.escape(row.attention)}">{"".join(cells)}</tr>')
+        body.append(f'<tr data-row="{html.escape(row.protocol)}/{html.escape(row.label)}">{"".join(cells)}</tr>')
     notes_html = "".join(f"<p>{html.escape(line.lstrip('- ').replace('`', ''))}</p>" for line in notes_markdown.splitlines() if line)
     figures = "".join(
         f'<figure><img alt="{html.escape(p.name)}" src="data:image/png;base64,'

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lra.leaderboard.table import BASELINE, PARAMETER_RULE, Row, leaderboard_frame, other_checkpoint_frame
+from lra.leaderboard.table import (BASELINE, PARAMETER_RULE, Row, leaderboard_frame, other_checkpoint_frame,
+                                  variant_notes)
+from lra.results import Selection
 
 CHECKPOINT_NAMES = {"final": "the final parameters", "best_val": "the best-validation parameters"}
 
@@ -23,11 +25,17 @@ def notes(rows: list[Row], source: str) -> str:
     return (
         f"Built from {source}. Rows are attention × protocol; numbers from different protocols are not "
         "comparable.\n\n"
-        f"- Task cells: test accuracy in %, mean ± sample std over seeds (n = seeds that finished). "
+        "- Rows: runs pool only with runs of the same settings. A row is an attention under a protocol with "
+        "the protocol's own settings, or, labelled `attention [key=value, ...]`, with the settings that "
+        "differ from them (as Hydra overrides). In a cell, only runs of the newest fingerprint (settings, data "
+        "and the attention's source code) count: older ones are superseded. A seed counts once, its newest "
+        "record; `runs` says how many records were left out.\n"
+        f"- Task cells: test accuracy in %, mean ± sample std over seeds (n = distinct seeds that finished). "
         f"Checkpoint reported — {reported}.\n"
         "- `—`: the attention has no run of that task. A missing task is never counted as zero: the average "
         "is over the tasks of the protocol's table, and a row missing some is marked partial.\n"
-        "- Diverged runs (non-finite loss) are left out of means and counted in the cell and in `runs`.\n"
+        "- Diverged runs (non-finite loss) and failed runs (the run raised; see its record's `error` and "
+        "`log_path`) are left out of means and counted in the cell and in `runs`.\n"
         f"- Speed and memory: ratios to `{BASELINE}` of the same protocol, task and device (medians over "
         "seeds), per task and then averaged over the tasks both ran. Speed = softmax step time / this step "
         "time (higher is faster). Memory = XLA's compiled train-step memory / softmax's; peak memory = the "
@@ -38,11 +46,28 @@ def notes(rows: list[Row], source: str) -> str:
         "size, hidden sizes and depth (checked against the recorded model config).\n")
 
 
-def leaderboard_markdown(results: pd.DataFrame, rows: list[Row], source: str, plots: list[str] = ()) -> str:
-    text = ["# LRA leaderboard\n\n", notes(rows, source), "\n", markdown_table(leaderboard_frame(results, rows))]
+def left_out_table(selection: Selection) -> pd.DataFrame:
+    """The records the leaderboard did not count, and why."""
+    why = [(r, "an older record of a seed counted by its newest") for r in selection.repeats] + [
+        (r, "an older fingerprint (other code, data or settings) than the newest runs of its cell")
+        for r in selection.superseded]
+    return pd.DataFrame([{"run_id": r["run_id"], "protocol": r["protocol"], "task": r["task"],
+                          "attention": r["attention"], "variant": r.get("variant") or "", "seed": r["seed"],
+                          "status": r["status"], "why left out": reason} for r, reason in why])
+
+
+def leaderboard_markdown(rows: list[Row], source: str, plots: list[str] = (),
+                         selection: Selection | None = None) -> str:
+    text = ["# LRA leaderboard\n\n", notes(rows, source), "\n", markdown_table(leaderboard_frame(rows))]
+    variants = variant_notes(rows)
+    if variants:
+        text += ["\nVariants named by id above, in full:\n\n"] + [f"- `{vid}`: `{v}`\n" for vid, v in variants]
     text += ["\n## Test accuracy at the other checkpoint\n\n",
              "Each protocol reports one checkpoint (above); this is the other one, for comparison.\n\n",
              markdown_table(other_checkpoint_frame(rows))]
+    left_out = left_out_table(selection) if selection is not None else pd.DataFrame()
+    if not left_out.empty:
+        text += ["\n## Records left out\n\n", markdown_table(left_out)]
     if plots:
         text.append("\n## Plots\n\n" + "".join(f"![{name}]({name})\n\n" for name in plots))
     return "".join(text)

@@ -31,14 +31,14 @@ def _save(figure, path: Path) -> Path:
 
 def speed_accuracy_plot(rows: list[Row], path: Path) -> Path:
     placed = [r for r in rows if r.speed is not None and r.average is not None]
-    unplaced = [r.attention for r in rows if r not in placed]
+    unplaced = [r.label for r in rows if r not in placed]
     figure, axes = plt.subplots(figsize=(7, 5))
     for row in placed:
         size = 300.0 * (row.memory if row.memory is not None else 1.0)
         partial = row.average_tasks < len(row.table_tasks)
         axes.scatter(row.speed, row.average, s=size, alpha=0.6, edgecolors="C0",
                      facecolors="none" if partial else "C0", linewidths=1.5)
-        axes.annotate(row.attention + (" (partial)" if partial else ""), (row.speed, row.average),
+        axes.annotate(row.label + (" (partial)" if partial else ""), (row.speed, row.average),
                       textcoords="offset points", xytext=(6, 6), fontsize=8)
     protocol = rows[0].protocol if rows else ""
     axes.set_xlabel(f"speed relative to {BASELINE} (× faster, per-task ratios averaged)")
@@ -63,11 +63,11 @@ def task_bars_plot(rows: list[Row], path: Path) -> Path:
         present = [j for j, c in enumerate(cells) if c.mean is not None]
         offsets = positions + i * width - 0.4 + width / 2
         axes.bar(offsets[present], [cells[j].mean for j in present], width,
-                 yerr=[cells[j].std or 0.0 for j in present], capsize=3, label=row.attention)
+                 yerr=[cells[j].std or 0.0 for j in present], capsize=3, label=row.label)
         for j, cell in enumerate(cells):  # say why a bar is absent rather than leave a gap that reads as 0
             if cell.mean is None:
-                axes.text(offsets[j], 1.0, "diverged" if cell.diverged else "not run", rotation=90,
-                          ha="center", va="bottom", fontsize=7, color="0.4")
+                axes.text(offsets[j], 1.0, "failed" if cell.failed else "diverged" if cell.diverged else "not run",
+                          rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
     axes.set_xticks(positions, tasks)
     axes.set_xlim(-0.5, len(tasks) - 0.5)
     axes.set_ylabel("test accuracy (%), mean ± std over seeds")

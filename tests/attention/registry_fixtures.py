@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from attention.base import AttentionSpec
 from lra.registry import load_attention_config, runnable_attentions
-from lra.train import build_attention
+from lra.build import build_attention
 
 CPU_ATTENTIONS = runnable_attentions("cpu")[0]
 

@@ -15,7 +15,7 @@ from attention.base import AttentionSpec
 from attention.fastrpb import FastRPB, fast_fft_length, fastrpb_1d
 from lra.model import Encoder
 from lra.registry import ATTENTION_CONFIGS, runnable_attentions
-from lra.train import build_attention
+from lra.build import build_attention
 from tests.attention.scaling import growth_per_doubling
 from tests.conftest import CONFIG_DIR
 

@@ -12,7 +12,7 @@ from attention.softmax import SoftmaxAttention, apply_weights, softmax_attention
 from tests.attention.references import softmax_reference
 from tests.attention.registry_fixtures import make_attention
 from tests.attention.scaling import growth_per_doubling
-from lra.train import ConfigError
+from lra.build import ConfigError
 
 
 def _inputs(dtype, seed=0, batch=2, length=11, heads=3, dim=5):

@@ -1,0 +1,74 @@
+"""What a sweep (``python -m lra.train -m ...``, ``make sweep``) does besides its runs: a Hydra callback.
+
+- At the start: a sweep id, exported as ``LRA_SWEEP_ID`` so every run (in this process or a launched
+  job) records it; then the pre-flight check of every swept attention on a tiny input
+  (``lra.preflight``), which names a broken one with what it returned before anything trains.
+- At the end: the protocol's leaderboard is rebuilt and printed, then a summary of this sweep's
+  runs. A run that raised was recorded as ``failed`` and the sweep went on; if any did, they are
+  listed (error and log file) and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+SWEEP_ID_VARIABLE = "LRA_SWEEP_ID"  # read by lra.train into each record's `sweep_id`
+
+
+def swept_attentions(config: DictConfig) -> list[str]:
+    """The attention config names a multirun sweeps (from its ``attention=...`` override, else the default)."""
+    overrides = list(config.hydra.overrides.task)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group == "attention":
+            if override.is_sweep_override():
+                return list(override.sweep_string_iterator())
+            return [str(override.value())]
+    return [str(config.hydra.runtime.choices.get("attention"))]
+
+
+class SweepCallback(Callback):
+    """Sweep id and pre-flight at the start; leaderboard and failure summary at the end."""
+
+    def __init__(self, results_dir: str, preflight: bool = True):
+        self.results_dir, self.check = results_dir, preflight
+        self.sweep_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        os.environ[SWEEP_ID_VARIABLE] = self.sweep_id
+        if self.check:
+            from lra.preflight import preflight
+
+            problems = preflight(swept_attentions(config))
+            if problems:
+                print(f"preflight: {len(problems)} broken attention(s); their runs will be recorded as failed")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from lra.leaderboard import print_leaderboard, write_leaderboard
+        from lra.results import read_records
+
+        try:
+            path, _, frame = write_leaderboard(self.results_dir)
+            print_leaderboard(path, frame)
+        except FileNotFoundError as error:  # no run wrote a record
+            print(f"leaderboard: {error}")
+        try:
+            runs = [r for r in read_records(self.results_dir) if r.get("sweep_id") == self.sweep_id]
+        except ValueError as error:
+            print(f"sweep: cannot read the records to summarise: {error}")
+            return
+        failed = [r for r in runs if r["status"] == "failed"]
+        counts = {status: sum(r["status"] == status for r in runs) for status in ("ok", "diverged", "failed")}
+        print(f"sweep {self.sweep_id}: {len(runs)} runs recorded: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        if failed:
+            print(f"sweep: {len(failed)} of {len(runs)} runs failed:")
+            for record in failed:
+                where = f" (log: {record['log_path']})" if record.get("log_path") else ""
+                print(f"  {record['task']}/{record['attention']} seed {record['seed']}: {record['error']}{where}")
+            raise SystemExit(1)
