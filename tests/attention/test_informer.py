@@ -31,6 +31,11 @@ _sample = jax.jit(sample_key_positions, static_argnums=2, static_argnames=("shar
 _informer = jax.jit(informer_attention, static_argnames=("num_active", "sparsity_mean", "ignore_mask"))
 
 
+@nnx.jit(static_argnames="deterministic")
+def _call(attention, q, k, v, mask, deterministic=True):
+    return attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask), deterministic=deterministic)
+
+
 def informer_brute_force(q, k, v, mask, positions, u):
     """Loops: M_i = max - mean of q_i.k_j over the sampled j; the u real queries of largest M (ties: lower
     position) get softmax over real keys, every other query the mean of V over real keys."""
@@ -102,7 +107,7 @@ def test_every_query_active_is_softmax():
     spec = AttentionSpec(num_heads=2, head_dim=4, max_length=10)
     with jax.enable_x64(True):
         attention = make_attention("informer", spec, factor=20)  # u = 60 >= n = 10
-        out = np.asarray(attention(*map(jnp.asarray, (q, k, v, mask)), deterministic=True))
+        out = np.asarray(_call(attention, q, k, v, mask))
         positions = _sample(jax.random.key(0), jnp.asarray(mask), 5)
         # u = number of real tokens of each example (8 and 7) with padding still present: exact as well
         exact_for_real = np.asarray(_informer(*map(jnp.asarray, (q, k, v, mask)), positions, num_active=8))
@@ -139,11 +144,11 @@ def test_padding_invariance_with_lazy_queries():
     q, k, v, mask = _inputs(seed=4, length=14)
     attention = make_attention("informer", AttentionSpec(num_heads=2, head_dim=4, max_length=32), factor=1)
     assert attention.num_active == 4  # 1 * ceil(ln 32)
-    reference = np.asarray(attention(*map(jnp.asarray, (q, k, v, mask)), deterministic=True))
+    reference = np.asarray(_call(attention, q, k, v, mask))
     garbage = np.random.default_rng(9).normal(size=(2, 32, 2, 4)) * 100.0
     longer = [np.where(np.pad(mask, ((0, 0), (0, 18)))[:, :, None, None], np.pad(t, ((0, 0), (0, 18), (0, 0), (0, 0))),
                        garbage) for t in (q, k, v)]
-    out = np.asarray(attention(*map(jnp.asarray, (*longer, np.pad(mask, ((0, 0), (0, 18))))), deterministic=True))
+    out = np.asarray(_call(attention, *longer, np.pad(mask, ((0, 0), (0, 18)))))
     np.testing.assert_allclose(out[:, :14][mask], reference[mask], rtol=1e-5, atol=1e-6)
 
 
@@ -151,16 +156,16 @@ def test_evaluation_is_fixed_by_the_seed_and_training_resamples():
     q, k, v, mask = map(jnp.asarray, _inputs(seed=5, length=30, dtype=np.float32))
     spec = AttentionSpec(num_heads=2, head_dim=4, max_length=30)
     attention = make_attention("informer", spec, factor=1)
-    first = np.asarray(attention(q, k, v, mask, deterministic=True))
-    np.testing.assert_array_equal(np.asarray(attention(q, k, v, mask, deterministic=True)), first)
+    first = np.asarray(_call(attention, q, k, v, mask))
+    np.testing.assert_array_equal(np.asarray(_call(attention, q, k, v, mask)), first)
     np.testing.assert_array_equal(
-        np.asarray(make_attention("informer", spec, factor=1)(q, k, v, mask, deterministic=True)), first)
-    trained = [np.asarray(attention(q, k, v, mask, deterministic=False)) for _ in range(3)]
+        np.asarray(_call(make_attention("informer", spec, factor=1), q, k, v, mask)), first)
+    trained = [np.asarray(_call(attention, q, k, v, mask, deterministic=False)) for _ in range(3)]
     assert any(not np.allclose(t, first) for t in trained)
-    other_seed = np.asarray(make_attention("informer", spec, seed=3, factor=1)(q, k, v, mask, deterministic=True))
+    other_seed = np.asarray(_call(make_attention("informer", spec, seed=3, factor=1), q, k, v, mask))
     assert not np.allclose(other_seed, first)
     resample = make_attention("informer", spec, factor=1, eval_samples="resample")
-    evals = [np.asarray(resample(q, k, v, mask, deterministic=True)) for _ in range(3)]
+    evals = [np.asarray(_call(resample, q, k, v, mask)) for _ in range(3)]
     assert any(not np.allclose(e, evals[0]) for e in evals[1:])
 
 
@@ -171,7 +176,7 @@ def test_legacy_form_matches_the_authors_code_on_padded_inputs_with_holes():
                                legacy_ignore_mask=True, sparsity_mean="length", shared_samples_across_batch=True)
     key = attention.eval_key[...]
     with jax.enable_x64(True):
-        out = np.asarray(attention(*map(jnp.asarray, (q, k, v, mask)), deterministic=True))
+        out = np.asarray(_call(attention, q, k, v, mask))
         positions = np.asarray(_sample(key, jnp.asarray(mask), attention.num_active, shared_across_batch=True,
                                        ignore_mask=True))
     assert (positions == positions[0]).all()  # one (L, U) table for the batch, from all positions
@@ -179,7 +184,7 @@ def test_legacy_form_matches_the_authors_code_on_padded_inputs_with_holes():
     reference = skyformer_informer_reference(to_bhld(q), to_bhld(k), to_bhld(v), positions[0], factor)
     np.testing.assert_allclose(out, to_bhld(reference), rtol=1e-10, atol=1e-12)
     corrected = make_attention("informer", AttentionSpec(num_heads=2, head_dim=4, max_length=30), factor=factor)
-    assert not np.allclose(np.asarray(corrected(*map(jnp.asarray, (q, k, v, mask)), deterministic=True))[mask],
+    assert not np.allclose(np.asarray(_call(corrected, q, k, v, mask))[mask],
                            out[mask], atol=1e-4)
 
 
