@@ -225,3 +225,16 @@ def test_memory_grows_linearly_at_fixed_u():
     attention = make_attention("informer", AttentionSpec(num_heads=2, head_dim=16, max_length=4096), nb_features=32)
     ratios = growth_per_doubling(attention, lengths=(1024, 2048, 4096), backward=True)
     assert all(r < 2.5 for r in ratios), f"fwd+bwd temp bytes per doubling 1K->2K->4K: {ratios}"
+
+
+def test_approximation_benchmark_exact_at_full_budget_and_error_shrinks_with_it():
+    from lra.bench import approximation
+
+    plan = approximation.load_plan()
+    entry = plan["families"]["informer"]
+    inputs = approximation.random_inputs(1, 64, 2, 8, seed=1)
+    rows = [approximation.measure("informer", entry, plan, inputs, budget=b, draws=1) for b in (8, 32, 64)]
+    assert all(r["status"] == "ok" for r in rows), rows
+    errors = [r["rel_error_mean"] for r in rows]
+    assert errors[2] < 1e-5 and errors[1] > 1e-3, errors  # 64 features: u = 80 >= 64 queries, exact softmax
+    assert errors[1] < errors[0], errors  # u = 40 active queries beat u = 10
