@@ -136,8 +136,9 @@ def informer_attention(q, k, v, key_mask, sample_positions, *, num_active: int, 
     if u == n:  # every query is active: exact softmax, no sampling needed
         active = jnp.broadcast_to(jnp.arange(n), (batch, heads, n))
     else:
-        measure = sparsity_measurement(q, k, key_mask, sample_positions, sparsity_mean=sparsity_mean,
-                                       ignore_mask=ignore_mask)
+        # Only the ranking is used (integer indices): no gradient flows through M, so none is traced.
+        measure = sparsity_measurement(jax.lax.stop_gradient(q), jax.lax.stop_gradient(k), key_mask,
+                                       sample_positions, sparsity_mean=sparsity_mean, ignore_mask=ignore_mask)
         active = jax.lax.top_k(measure, u)[1]  # (b, h, u); ties: the lower position first
     q_heads = jnp.swapaxes(q, 1, 2)  # (b, h, n, d)
     q_active = jnp.take_along_axis(q_heads, active[..., None], axis=2)  # (b, h, u, d)
