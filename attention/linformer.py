@@ -42,7 +42,7 @@ Parameter sharing and defaults, from the three codes this harness follows:
   its E (README quirk table).
 - Skyformer (``src/models/attention_linformer.py``): as the Nystromformer harness but one E per layer
   and k = 128. On a GPU, ``nn.Parameter(...).to('cuda')`` returns a copy that is a plain tensor, not
-  a registered parameter, so E is never trained nor saved (reference quirk A12): ``trainable: false``
+  a registered parameter, so E is never trained nor saved (quirk A12): ``trainable: false``
   reproduces the first; the second (a fresh random E after reloading a checkpoint) is not reproduced.
 
 Knobs: ``k``, ``per_head`` (E per head vs one E shared by heads), ``share_kv`` (E = F, as every code;
