@@ -90,13 +90,14 @@ def _settings_changed(cfg: DictConfig, identity: RunIdentity) -> list[str] | Non
     return settings_changed(identity.settings, default_settings)
 
 
-def _checkpoints(cfg: DictConfig, resolved: dict, identity: RunIdentity, vocab_size: int) -> RunCheckpoints | None:
-    """The run's checkpoint directory (``checkpoint.*``), opened under its resume policy; None if off."""
+def _checkpoints(cfg: DictConfig, resolved: dict, identity: RunIdentity, cache) -> RunCheckpoints | None:
+    """The run's checkpoint directory (``checkpoint.*``), opened (and locked) under its resume policy,
+    tied to the data cache it trains on; None if off."""
     if not cfg.checkpoint.enabled:
         return None
     return RunCheckpoints(cfg.checkpoint.dir, identity.as_dict(), every_steps=int(cfg.checkpoint.every_steps),
-                          keep=int(cfg.checkpoint.keep), resume=cfg.checkpoint.resume, vocab_size=vocab_size,
-                          config=resolved).open()
+                          keep=int(cfg.checkpoint.keep), resume=cfg.checkpoint.resume, vocab_size=cache.vocab_size,
+                          config=resolved, data={"cache": cache.directory.name, "sha256": cache.content_sha256}).open()
 
 
 def _one_line(error: BaseException) -> str:
@@ -173,7 +174,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
         reason = explain_fresh_start(checkpoint_dir, identity, lambda d: read_run_info(d)["identity"])
         if reason:
             log.warning(reason)
-    checkpoints = _checkpoints(cfg, resolved, identity, cache.vocab_size)
+    checkpoints = _checkpoints(cfg, resolved, identity, cache)
     if checkpoints is not None and checkpoints.finished_record is not None:
         finished = checkpoints.finished_record
         log.info("%s finished before (record %s); returning its record. checkpoint.resume=never "
