@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import jax
 from flax import nnx
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lra.atomic_files import atomic_write_text
 from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
 from lra.checkpointing import EXIT_PREEMPTED, Preempted, RunCheckpoints, StopRequest, read_run_info
+from lra.config_checks import check_config
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import count_parameters
@@ -114,6 +116,7 @@ def run(cfg: DictConfig) -> dict:
     with ``status: failed`` (its one-line summary and the log path) and propagates. Only process 0
     writes anything.
     """
+    check_config(cfg, devices=jax.device_count())  # bad values fail here, before data or compilation
     attention_name = str(cfg.attention.get("name") or "unnamed")
     if cfg.get("positional_bias") is not None:  # a bias add-on makes a different model: its own row
         attention_name = f"{attention_name}+{cfg.positional_bias.get('name')}"
