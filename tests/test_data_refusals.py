@@ -78,3 +78,32 @@ def test_load_task_refuses_an_empty_split_of_any_cache(tmp_path):
                 {k: manifest[k] for k in ("task", "vocab", "source", "params")})
     with pytest.raises(CacheError, match=r"the val split is empty"):
         load_task(cfg, tmp_path, progress=False)
+
+
+def test_a_different_release_archive_is_extracted_anew(tmp_path, caplog):
+    from lra.data.lra_release import ARCHIVE_RECORD, release_root
+    from lra.data.listops import write_listops_tsv
+    from tests.lra_fixtures import write_release_tar
+
+    def archive(name, label):
+        tree = tmp_path / f"tree-{name}"
+        (tree / "listops-1000").mkdir(parents=True)
+        for split in ("train", "val", "test"):
+            write_listops_tsv(tree / "listops-1000" / f"basic_{split}.tsv", ["( [MAX 2 9 ] )"], [label])
+        return write_release_tar(tmp_path / f"{name}.gz", tree)
+
+    first, second = archive("first", 9), archive("second", 2)
+    data = tmp_path / "data"
+    root = release_root({"release_archive": str(first)}, data, needs="listops-1000", progress=False)
+    record = json.loads((data / "lra_release" / "extracted-listops-1000" / ARCHIVE_RECORD).read_text())
+    assert record["path"] == str(first.resolve()) and len(record["sha256"]) == 64
+    assert (root / "listops-1000" / "basic_train.tsv").read_text().endswith("\t9\n")
+    with caplog.at_level(logging.WARNING, logger="lra.data.lra_release"):
+        root = release_root({"release_archive": str(second)}, data, needs="listops-1000", progress=False)
+    assert (root / "listops-1000" / "basic_train.tsv").read_text().endswith("\t2\n")  # the new archive's content
+    assert "extracting that archive anew" in caplog.text
+    assert sorted(p.name for p in (data / "lra_release").iterdir() if p.name.startswith(".extracted")) == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lra.data.lra_release"):  # same archive again: reused
+        assert release_root({"release_archive": str(second)}, data, needs="listops-1000", progress=False) == root
+    assert caplog.text == ""
