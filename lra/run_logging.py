@@ -40,8 +40,11 @@ class CsvMetricsWriter:
         self._writer.writeheader()
 
     def log(self, step: int, split: str, metrics: dict) -> None:
-        self._writer.writerow({"step": step, "split": split, **metrics})
-        self._file.flush()
+        try:
+            self._writer.writerow({"step": step, "split": split, **metrics})
+            self._file.flush()
+        except OSError as error:  # e.g. a full disk: name the file
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from error
 
     def close(self) -> None:
         self._file.close()

@@ -71,3 +71,33 @@ def test_a_table_write_that_fails_keeps_the_record_and_the_leaderboard_rebuilds_
     assert sorted(pd.read_csv(tmp_path / TABLE)["run_id"]) == ["first"]  # stale
     write_leaderboard(tmp_path, plots=False)
     assert sorted(pd.read_csv(tmp_path / TABLE)["run_id"]) == ["first", "second"]
+
+
+def test_a_full_disk_names_the_path(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import pytest
+
+    from lra.atomic_files import atomic_write_text
+    from lra.run_logging import CsvMetricsWriter
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"\[Errno 28\] No space left on device: '.*records/r\.json'") as raised:
+        atomic_write_text(tmp_path / "records" / "r.json", "{}")
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    writer = CsvMetricsWriter(tmp_path / "run")
+    writer._file.flush = lambda: full()
+    with pytest.raises(OSError, match=r"No space left on device: '.*run/metrics\.csv'"):
+        writer.log(1, "train", {"loss": 1.0})
+
+
+def test_a_hand_edited_results_csv_is_never_read_and_is_rebuilt(tmp_path):
+    write_record(tmp_path, make_record("a", seed=0))
+    (tmp_path / TABLE).write_text('run_id,task\n"unclosed,quote\nx,y,z,w\n')
+    write_record(tmp_path, make_record("b", seed=1))
+    assert sorted(pd.read_csv(tmp_path / TABLE)["run_id"]) == ["a", "b"]
