@@ -269,9 +269,13 @@ class RunCheckpoints:
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CheckpointError(f"{path} is not valid JSON ({error}); delete it to resume the run") from error
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path} holds a JSON {type(record).__name__}, not a result record; "
+                                  "delete it to resume the run")
+        return record
 
     def due(self, step: int, final_step: int) -> bool:
         return step % self.every_steps == 0 or step == final_step

@@ -80,3 +80,11 @@ def test_changed_checkpoint_bytes_fall_back_to_the_previous_step(tmp_path, caplo
     with pytest.raises(CheckpointError, match=r"no checkpoint step .* is usable.*ck/2.*ck/1"):
         checkpoints.restore(*_states())
     checkpoints.close()
+
+
+def test_a_finished_record_that_is_not_an_object_names_its_file(tmp_path):
+    checkpoints = _open(tmp_path / "ck")
+    (tmp_path / "ck" / "result.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"ck/result\.json holds a JSON list, not a result record"):
+        checkpoints.finished_record  # noqa: B018
+    checkpoints.close()

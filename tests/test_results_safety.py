@@ -101,3 +101,34 @@ def test_a_hand_edited_results_csv_is_never_read_and_is_rebuilt(tmp_path):
     (tmp_path / TABLE).write_text('run_id,task\n"unclosed,quote\nx,y,z,w\n')
     write_record(tmp_path, make_record("b", seed=1))
     assert sorted(pd.read_csv(tmp_path / TABLE)["run_id"]) == ["a", "b"]
+
+
+def test_reproduce_and_the_leaderboard_count_the_same_record_of_a_repeated_seed(tmp_path, monkeypatch):
+    import lra.reproduce as reproduce_module
+    from lra.leaderboard import leaderboard_frame, leaderboard_rows
+
+    monkeypatch.setattr(reproduce_module, "available_tasks", lambda protocol: {"listops"})
+    official = tmp_path / "lra_official"
+    for run_id, accuracy, date in (("a-old", 10.0, "2026-01-01"), ("b-new", 30.0, "2026-01-02")):
+        write_record(official, make_record(run_id, seed=0, final=accuracy / 100, best_val=0.0,
+                                           date=f"{date}T00:00:00+00:00"), keep_repeats=True)
+    frame, _ = reproduce_module.reproduce("lra_table1", tmp_path, dry_run=True, echo=lambda *a: None)
+    (cell,) = [r for r in frame.to_dict("records") if (r["attention"], r["task"]) == ("softmax", "listops")]
+    assert cell["measured"].startswith("30.00") and "(n=1)" in cell["measured"]
+    records = read_records(official)
+    (row,) = leaderboard_frame(leaderboard_rows(records, comparable_runs(records))).to_dict("records")
+    assert "30.00" in str(row["listops"]) and "10.00" not in str(row["listops"])
+
+
+def test_a_damaged_published_table_names_its_file(tmp_path):
+    import pytest
+    import yaml
+
+    from lra.reproduce import load_table
+
+    (tmp_path / "t.csv").write_text("model,listops\nTransformer,36.37\nLinear,16.13,1,2\n")
+    (tmp_path / "tables.yaml").write_text(yaml.safe_dump(
+        {"t": {"file": "t.csv", "protocol": "lra_official", "tasks": {"listops": "listops"},
+               "models": {"Transformer": "softmax"}, "seeds": 3}}))
+    with pytest.raises(ValueError, match=r"t\.csv: not a readable CSV table .*line 3"):
+        load_table("t", tmp_path / "tables.yaml")
