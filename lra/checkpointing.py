@@ -71,6 +71,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class CheckpointBusy(CheckpointError):
+    """Another process is training into the directory: this launch is not a run (nothing is recorded)."""
+
+
 class Preempted(Exception):
     """Raised by the training loop after it saved a checkpoint on SIGTERM/SIGINT."""
 
@@ -145,7 +149,7 @@ class DirectoryLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise CheckpointError(
+            raise CheckpointBusy(
                 f"{self.path.with_suffix('')} is in use by {holder}: the same run is already training "
                 f"(lock {self.path}). Wait for it to finish (a rerun then returns its record), stop it, or "
                 "give this launch another checkpoint.dir") from None

@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lra.atomic_files import atomic_write_text
 from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
-from lra.checkpointing import EXIT_PREEMPTED, Preempted, RunCheckpoints, StopRequest, read_run_info
+from lra.checkpointing import (EXIT_PREEMPTED, CheckpointBusy, Preempted, RunCheckpoints, StopRequest,
+                               read_run_info)
 from lra.config_checks import check_config
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
@@ -128,7 +129,7 @@ def run(cfg: DictConfig) -> dict:
               "sweep_id": os.environ.get(SWEEP_ID_VARIABLE)}
     try:
         return _train(cfg, record, run_dir)
-    except (Preempted, KeyboardInterrupt):
+    except (Preempted, KeyboardInterrupt, CheckpointBusy):  # not a run's outcome: nothing to record
         raise
     except Exception as error:
         log.exception("%s/%s seed %s failed", cfg.task.name, attention_name, cfg.seed)
