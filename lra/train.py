@@ -33,7 +33,7 @@ from lra.atomic_files import atomic_write_text
 from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
 from lra.checkpointing import (EXIT_PREEMPTED, CheckpointBusy, Preempted, RunCheckpoints, StopRequest,
                                read_run_info)
-from lra.config_checks import check_config
+from lra.config_checks import ConfigError, check_config
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import count_parameters
@@ -43,7 +43,7 @@ from lra.results import new_run_id, write_record
 from lra.run_identity import (RunIdentity, checkpoint_directory, compose_defaults, explain_fresh_start, run_identity,
                               settings, settings_changed)
 from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
-from lra.sweep import SWEEP_ID_VARIABLE
+from lra.sweep import NOT_RUN, SWEEP_ID_VARIABLE
 from lra.training.loop import DivergenceError, LoopConfig, train_and_evaluate
 from lra.training.optimizer import build_optimizer
 from lra.training.sharding import initialize_distributed, is_primary
@@ -275,6 +275,12 @@ def main(cfg: DictConfig) -> float:
         record = run(cfg)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)  # checkpoint saved; a rerun (or SLURM requeue) continues
+    except (ConfigError, CheckpointBusy) as error:  # refused before it was a run: no record
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.error("%s/%s seed %s not run: %s", cfg.task.name, cfg.attention.get("name"), cfg.seed, error)
+        NOT_RUN.append(f"{cfg.task.name}/{cfg.attention.get('name')} seed {cfg.seed}: {_one_line(error)}")
+        return float("nan")
     except Exception as error:  # recorded as failed by run()
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise  # a single run exits non-zero with the traceback

@@ -105,3 +105,15 @@ def test_the_default_smoke_run_trains_on_8_fake_devices(tmp_path):
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert list((tmp_path / "results" / "records").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_a_sweep_lists_jobs_refused_for_bad_values_and_exits_1(tmp_path):
+    command = [sys.executable, "-m", "lra.train", "-m", "seed=-1,-2", *TINY_OVERRIDES,
+               f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
+               f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra.callbacks.sweep.preflight=false"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 job(s) refused before training (no record)" in done.stdout
+    assert "seed -1: ConfigError: invalid config" in done.stdout and not (tmp_path / "data").exists()
