@@ -113,7 +113,8 @@ def replace_repeats(results_dir: str | Path, record: dict) -> list[Path]:
     return moved
 
 
-def _records_with_paths(results_dir: Path, on_bad: Callable[[Path, str], None] | None = None) -> list[tuple[Path, dict]]:
+def _records_with_paths(results_dir: Path,
+                        on_bad: Callable[[Path, str], None] | None = None) -> list[tuple[Path, dict]]:
     found = []
     for path in sorted((results_dir / RECORDS).glob("*.json")):
         try:

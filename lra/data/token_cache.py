@@ -320,7 +320,8 @@ def validate_cache(cache: TokenCache, num_classes: int | None = None) -> TokenCa
     vocab_size, changed = cache.vocab_size, False
     for (name, kind, info), stamp in zip(entries, stamps):
         entry = memo.get(info["name"])
-        if not (isinstance(entry, dict) and entry.get("stamp") == list(stamp) and entry.get("sha256") == info["sha256"]):
+        known = isinstance(entry, dict) and entry.get("stamp") == list(stamp)
+        if not (known and entry.get("sha256") == info["sha256"]):
             digest = path_sha256(d / info["name"])
             if digest != info["sha256"]:
                 raise CacheError(f"token cache {d}: checksum mismatch for {info['name']} (sha256 {digest}, "
