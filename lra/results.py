@@ -13,10 +13,12 @@ finishing at once each write their own file (unique run ids), then rebuild the t
 A run's record is stored before anything that could fail on other files: an unreadable record in
 the folder is reported (path and reason) and left out of the table, never a reason to lose a run.
 
-A seed is stored once: writing the record of a (cell, fingerprint, seed) that the folder already
-holds (a rerun with ``checkpoint.resume=never``, a repeated launch) moves the older record(s) to
-``records/replaced/`` with a note; ``write_record(..., keep_repeats=True)`` keeps both, and then
-the rule below still counts the seed once.
+A seed is stored once: writing the finished record of a (cell, fingerprint, seed) that the folder
+already holds (a rerun with ``checkpoint.resume=never``, a repeated launch) moves the other records
+of that seed to ``records/replaced/`` with a note; a ``failed`` record replaces only older failed
+ones (it stays visible beside a finished record, which still counts).
+``write_record(..., keep_repeats=True)`` keeps everything, and the rule below still counts the
+seed once.
 
 Which records count (``comparable_runs``, the one rule the leaderboard and ``make reproduce`` share):
 
@@ -25,8 +27,9 @@ Which records count (``comparable_runs``, the one rule the leaderboard and ``mak
 - within a cell, only the newest fingerprint counts: after a kernel edit (or a data or setting
   change the variant does not show) the newest runs supersede the older ones, which are counted
   and listed as superseded, never pooled with them;
-- a seed counts once: of several records of one (fingerprint, seed), the newest is kept and the
-  older ones are reported as repeats.
+- a seed counts once: of several records of one (fingerprint, seed), the newest that finished
+  (``ok`` or ``diverged``) is kept, a ``failed`` one only when none finished (a crashed rerun never
+  hides a finished seed); the others are reported as repeats.
 """
 
 from __future__ import annotations
@@ -94,9 +97,11 @@ def replace_repeats(results_dir: str | Path, record: dict) -> list[Path]:
     moved = []
     with exclusive_lock(results_dir / ".lock"):
         same = [(path, other) for path, other in _records_with_paths(results_dir) if seed_key(other) == key]
+        if record.get("status") == "failed":  # a failed attempt never sets a finished record aside
+            same = [(path, other) for path, other in same if other.get("status") == "failed"]
         if len(same) < 2:
             return []
-        keep_path, kept = max(same, key=lambda item: newest_first_key(item[1]))
+        keep_path, kept = max(same, key=lambda item: counting_key(item[1]))
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         for path, other in same:
             if path == keep_path:
@@ -156,6 +161,11 @@ def cell_key(record: dict) -> tuple[str, str, str, str]:
     return (record["protocol"], record["task"], record["attention"], record.get("variant") or "")
 
 
+def counting_key(record: dict) -> tuple:
+    """Which record of a (fingerprint, seed) counts, highest first: a finished one, then the newest."""
+    return (record.get("status") != "failed", *newest_first_key(record))
+
+
 def comparable_runs(records: list[dict]) -> Selection:
     """Apply the store's counting rule (module docstring) to normalised records."""
     cells: dict[tuple, list[dict]] = {}
@@ -166,7 +176,7 @@ def comparable_runs(records: list[dict]) -> Selection:
         members = sorted(members, key=newest_first_key, reverse=True)
         current = members[0].get("fingerprint")
         seen: set = set()
-        for record in members:
+        for record in sorted(members, key=counting_key, reverse=True):
             if record.get("fingerprint") != current:
                 selection.superseded.append(record)
             elif record["seed"] in seen:

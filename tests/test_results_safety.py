@@ -132,3 +132,14 @@ def test_a_damaged_published_table_names_its_file(tmp_path):
                "models": {"Transformer": "softmax"}, "seeds": 3}}))
     with pytest.raises(ValueError, match=r"t\.csv: not a readable CSV table .*line 3"):
         load_table("t", tmp_path / "tables.yaml")
+
+
+def test_a_failed_rerun_never_hides_a_finished_seed(tmp_path):
+    write_record(tmp_path, make_record("ok-run", seed=0, final=0.4, date="2026-01-01T00:00:00+00:00"))
+    write_record(tmp_path, make_record("crash-1", seed=0, status="failed", date="2026-01-02T00:00:00+00:00"))
+    write_record(tmp_path, make_record("crash-2", seed=0, status="failed", date="2026-01-03T00:00:00+00:00"))
+    records = read_records(tmp_path)
+    assert sorted(r["run_id"] for r in records) == ["crash-2", "ok-run"]  # the older failure is set aside
+    assert [r["run_id"] for r in comparable_runs(records).kept] == ["ok-run"]
+    write_record(tmp_path, make_record("ok-rerun", seed=0, final=0.5, date="2026-01-04T00:00:00+00:00"))
+    assert [r["run_id"] for r in read_records(tmp_path)] == ["ok-rerun"]
