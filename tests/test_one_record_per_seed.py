@@ -29,3 +29,19 @@ def test_a_second_launch_while_the_first_trains_is_refused_and_records_nothing(c
     finally:
         holder.release()
     assert read_records(tmp_path / "results") == []
+
+
+@pytest.mark.slow
+def test_a_run_records_its_data_in_the_checkpoint_and_refuses_other_data(compose, tmp_path):
+    import json
+
+    from lra.checkpointing import CheckpointError
+
+    first = run(compose())
+    run_file = tmp_path / "run" / "checkpoints" / "run.json"
+    info = json.loads(run_file.read_text())
+    assert info["data"] == {"cache": first["data_cache"], "sha256": first["data_sha256"]}
+    info["data"]["sha256"] = "0" * 64  # as if the cache had been rebuilt with other content since
+    run_file.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="trained on other data"):
+        run(compose())
