@@ -88,3 +88,14 @@ def test_a_finished_record_that_is_not_an_object_names_its_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"ck/result\.json holds a JSON list, not a result record"):
         checkpoints.finished_record  # noqa: B018
     checkpoints.close()
+
+
+def test_a_holder_dropped_without_close_in_this_process_does_not_block(tmp_path):
+    class Cycle:
+        pass
+
+    leaked = Cycle()
+    leaked.me, leaked.checkpoints = leaked, _open(tmp_path / "ck")  # freed only by the garbage collector
+    del leaked
+    again = _open(tmp_path / "ck")
+    again.close()
