@@ -6,7 +6,7 @@ batch size made the training batch producer loop forever. ``check_config`` names
 once, with its value and what is allowed:
 
     train.batch_size=-4: must be an integer >= 1
-    model.dtype='int8': must be one of float32, bfloat16, float16
+    model.dtype='int8': must be one of float32, bfloat16
 
 Keys a config does not have are not checked (a task without ``generator`` has no generator sizes).
 """
@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 MISSING = object()
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # the compute dtypes the encoder is documented and tested with
 MAX_SEED = 2**31 - 1  # numpy and JAX accept every seed in 0..2**31-1
 
 

@@ -41,7 +41,7 @@ def test_every_preset_passes():
     ("train.eval_every=0", "train.eval_every=0: must be an integer >= 1"),
     ("train.log_every=0", "train.log_every=0: must be an integer >= 1"),
     ("seed=-1", "seed=-1: must be an integer in 0..2147483647"),
-    ("model.dtype=int8", "model.dtype='int8': must be one of float32, bfloat16, float16"),
+    ("model.dtype=int8", "model.dtype='int8': must be one of float32, bfloat16"),
     ("task.max_length=0", "task.max_length=0: must be an integer >= 1"),
     ("model.dropout_rate=1.0", "model.dropout_rate=1.0: must be a number in [0, 1)"),
     ("checkpoint.every_steps=0", "checkpoint.every_steps=0: must be an integer >= 1"),
