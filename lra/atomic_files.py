@@ -58,7 +58,19 @@ def atomic_save_figure(path: str | Path, figure, dpi: int = 110) -> Path:
 
 
 def _atomic_write(path: str | Path, content: str | bytes, exclusive: bool) -> None:
+    """Errors name ``path`` (a full disk is ``[Errno 28] No space left on device: '<path>'``)."""
     path = Path(path)
+    try:
+        _write_then_move(path, content, exclusive)
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        if error.errno is None:
+            raise type(error)(f"{error} (writing {path})") from error
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+
+
+def _write_then_move(path: Path, content: str | bytes, exclusive: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -12,6 +12,14 @@ folder and renamed once complete, so a save killed half-way leaves nothing that 
         <step>/progress/     JSON: best and last metrics, every metric row logged so far, window
                              timings and the metrics of the logging window in flight
         result.json          the finished run's record; present once the run is done
+    <checkpoint dir>.lock    held (flock) by the process training into the directory; names it
+
+Only one process trains into a directory at a time: a second launch of the same command fails at
+once with a message naming the holder (host, pid, start time) instead of training alongside it.
+``run.json`` also stores the identity of the data the run trains on (cache name and content hash):
+resuming on different data (a rebuilt or edited cache) is refused. Each saved step carries a sha256
+of its arrays, checked on restore: a step whose bytes changed is skipped with a warning and the
+previous step is used; if none is intact, the restore fails naming the steps.
 
 The directory is a function of the run's identity (``lra.run_identity.checkpoint_directory``), not
 of Hydra's timestamped run directory, so rerunning the same command finds it: an unfinished run resumes from its newest step, a finished
@@ -30,13 +38,20 @@ into a template of the same structure).
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import gc
+import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
+import socket
 import threading
 from pathlib import Path
+
+import numpy as np
 
 import jax
 import orbax.checkpoint as ocp
@@ -54,6 +69,10 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, try again" 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class CheckpointBusy(CheckpointError):
+    """Another process is training into the directory: this launch is not a run (nothing is recorded)."""
 
 
 class Preempted(Exception):
@@ -92,6 +111,68 @@ def _shape_differences(stored: dict, wanted: dict) -> list[str]:
             for name, shape in sorted(wanted.items()) if stored.get(name) != shape]
 
 
+def state_sha256(arrays) -> str | None:
+    """sha256 over every array of a saved state (names, dtypes, shapes and bytes); None when some
+    array is split across hosts (this process cannot see all of it)."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(arrays)[0]:
+        if isinstance(leaf, jax.Array):
+            if not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+                return None
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            value = np.asarray(leaf if leaf.is_fully_addressable else leaf.addressable_data(0))
+        else:
+            value = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+class DirectoryLock:
+    """An exclusive, non-blocking ``flock`` on ``<directory>.lock``, which names its holder.
+
+    The lock file lies beside the directory (``resume=never`` deletes the directory itself); the
+    kernel releases the lock when its process dies, so a killed run never leaves it held.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = directory.with_name(directory.name + ".lock")
+        self._handle = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                gc.collect()  # a holder in this process that failed without closing (a sweep's earlier job)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise CheckpointBusy(
+                f"{self.path.with_suffix('')} is in use by {holder}: the same run is already training "
+                f"(lock {self.path}). Wait for it to finish (a rerun then returns its record), stop it, or "
+                "give this launch another checkpoint.dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.seek(0)
+            self._handle.truncate()
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
 def _filled(template, pure: dict):
     state = jax.tree.map(lambda x: x, template)  # a new container; the template is left as it was
     nnx.replace_by_pure_dict(state, pure)
@@ -102,7 +183,8 @@ class RunCheckpoints:
     """The checkpoints of one run: resume policy, identity check, periodic saves, completion."""
 
     def __init__(self, directory: str | Path, identity: dict, *, every_steps: int, keep: int,
-                 resume: str = "auto", vocab_size: int | None = None, config: dict | None = None):
+                 resume: str = "auto", vocab_size: int | None = None, config: dict | None = None,
+                 data: dict | None = None):
         if resume not in RESUME_POLICIES:
             raise CheckpointError(f"checkpoint.resume must be one of {RESUME_POLICIES}; got {resume!r}")
         if every_steps < 1 or keep < 1:
@@ -110,11 +192,29 @@ class RunCheckpoints:
                                   f"got {every_steps} and {keep}")
         self.directory = Path(directory).absolute()
         self.identity, self.every_steps, self.keep, self.resume = identity, every_steps, keep, resume
-        self._run_info = {"identity": identity, "vocab_size": vocab_size, "config": config}
+        self.data = data  # the data's identity: {"cache": <cache dir name>, "sha256": <content hash>}
+        self._run_info = {"identity": identity, "vocab_size": vocab_size, "config": config, "data": data}
         self._manager: ocp.CheckpointManager | None = None
+        self._lock: DirectoryLock | None = None
 
     # -- opening: what is there, and may we use it ------------------------------------------------
     def open(self) -> "RunCheckpoints":
+        """Lock the directory (process 0), apply the resume policy and check what it holds."""
+        if jax.process_index() == 0:
+            self._lock = DirectoryLock(self.directory)
+            self._lock.acquire()
+        try:
+            return self._open()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _open(self) -> "RunCheckpoints":
         run_file = self.directory / RUN_FILE
         if self.directory.exists() and any(self.directory.iterdir()):
             if not run_file.is_file():
@@ -125,7 +225,9 @@ class RunCheckpoints:
                 if jax.process_index() == 0:
                     shutil.rmtree(self.directory)
             else:
-                self._check_identity(read_run_info(self.directory)["identity"])
+                info = read_run_info(self.directory)
+                self._check_identity(info["identity"])
+                self._check_data(info.get("data"))
         if jax.process_index() == 0 and not run_file.exists():
             atomic_write_text(run_file, json.dumps(self._run_info, indent=2, sort_keys=True, default=str) + "\n")
         if jax.process_count() > 1:  # the others wait until process 0 has cleared / described the directory
@@ -150,6 +252,16 @@ class RunCheckpoints:
                 "Rerun with the original settings to resume, or start over with "
                 "checkpoint.resume=never (deletes them) or a new checkpoint.dir")
 
+    def _check_data(self, stored: dict | None) -> None:
+        if self.data is None or stored is None or stored == self.data:
+            return
+        raise CheckpointError(
+            f"the checkpoints in {self.directory} were trained on other data: cache "
+            f"{stored.get('cache')!r} (content sha256 {str(stored.get('sha256'))[:16]}...), this run's data is "
+            f"{self.data.get('cache')!r} (content sha256 {str(self.data.get('sha256'))[:16]}...). Resuming would "
+            "mix the two in one run. Restore the original cache to resume, or start over with "
+            "checkpoint.resume=never (deletes the checkpoints) or a new checkpoint.dir")
+
     def open_read_only(self) -> "RunCheckpoints":
         """Open for restoring only: no policy, no identity check, nothing written or deleted."""
         self._manager = _manager(self.directory, ocp.CheckpointManagerOptions(read_only=True))
@@ -165,9 +277,13 @@ class RunCheckpoints:
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CheckpointError(f"{path} is not valid JSON ({error}); delete it to resume the run") from error
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path} holds a JSON {type(record).__name__}, not a result record; "
+                                  "delete it to resume the run")
+        return record
 
     def due(self, step: int, final_step: int) -> bool:
         return step % self.every_steps == 0 or step == final_step
@@ -179,12 +295,36 @@ class RunCheckpoints:
             arrays["best_model"] = _pure(best_model_state)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays),
-            progress=ocp.args.JsonSave({**progress, "step": step, "has_best": best_model_state is not None})))
+            progress=ocp.args.JsonSave({**progress, "step": step, "has_best": best_model_state is not None,
+                                        "state_sha256": state_sha256(arrays)})))
         log.info("saved checkpoint step %d in %s", step, self.directory)
 
     def restore(self, model_state, optimizer_state, step: int | None = None):
-        """-> (step, model state, optimizer state, best model state or None, progress dict)."""
-        step = self.latest_step if step is None else step
+        """-> (step, model state, optimizer state, best model state or None, progress dict).
+
+        Without ``step``: the newest intact step; a corrupted newer one is skipped with a warning."""
+        if step is not None:
+            return self._restore(model_state, optimizer_state, step)
+        errors = []
+        for candidate in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore(model_state, optimizer_state, candidate)
+            except CheckpointError as error:
+                errors.append(error)
+                log.warning("%s; trying the previous checkpoint", error)
+                continue
+            if errors:
+                log.warning("resuming from checkpoint step %d of %s: the newer step(s) are unusable (above)",
+                            candidate, self.directory)
+            return restored
+        if not errors:
+            raise CheckpointError(f"{self.directory} holds no checkpoint step")
+        if len(errors) == 1:
+            raise errors[0]
+        raise CheckpointError(f"no checkpoint step of {self.directory} is usable: "
+                              + " | ".join(str(error) for error in errors))
+
+    def _restore(self, model_state, optimizer_state, step: int):
         where, failure = self.directory / str(step), None
         try:
             progress = self._manager.restore(step, args=ocp.args.Composite(
@@ -197,6 +337,12 @@ class RunCheckpoints:
                 raise ValueError("arrays of other shapes: " + "; ".join(differences[:6]))
             arrays = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target)))["state"]
+            stored_sha256 = progress.get("state_sha256")
+            if stored_sha256 is not None:
+                actual = state_sha256(arrays)
+                if actual is not None and actual != stored_sha256:
+                    raise ValueError(f"its arrays' sha256 is {actual[:16]}..., saved as {stored_sha256[:16]}...: "
+                                     "the files changed after they were written")
         except Exception as error:  # Orbax/tensorstore raise many types; all mean "unusable"
             failure = f"{type(error).__name__}: {str(error)[:400]}"
         if failure is not None:
@@ -221,9 +367,12 @@ class RunCheckpoints:
             atomic_write_text(self.directory / RESULT_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
     def close(self) -> None:
-        if self._manager is not None:
-            self._manager.wait_until_finished()
-            self._manager.close()
+        try:
+            if self._manager is not None:
+                self._manager.wait_until_finished()
+                self._manager.close()
+        finally:
+            self._release_lock()
 
 
 def read_run_info(directory: Path) -> dict:

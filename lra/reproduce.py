@@ -91,7 +91,10 @@ def load_table(name: str, path: Path = TABLES_FILE) -> tuple[dict, pd.DataFrame]
     for key in ("file", "protocol", "tasks", "models", "seeds"):
         if key not in spec:
             raise ValueError(f"{path}: table '{name}' has no '{key}' key")
-    published = pd.read_csv(path.parent / spec["file"], dtype=str, keep_default_na=False)
+    try:
+        published = pd.read_csv(path.parent / spec["file"], dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path.parent / spec['file']}: not a readable CSV table ({error})") from None
     unknown = set(spec["models"]) - set(published["model"])
     if unknown:
         raise ValueError(f"{path}: table '{name}' maps models {sorted(unknown)} that {spec['file']} does not have")

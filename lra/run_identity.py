@@ -46,6 +46,7 @@ OPERATIONAL_KEYS = (
     "task.attention_overrides",  # folded into the attention's own settings (effective_attention)
     "task.release_dir", "task.release_archive", "task.release_url", "task.raw_archive", "task.download",
     "task.tfds_data_dir", "task.generator.workers",                 # where the data comes from, not what it is
+    "task.allow_unknown_tokens",                                    # whether to refuse a cache, not what it holds
 )
 
 

@@ -5,7 +5,9 @@
   (``lra.preflight``), which names a broken one with what it returned before anything trains.
 - At the end: the protocol's leaderboard is rebuilt and printed, then a summary of this sweep's
   runs. A run that raised was recorded as ``failed`` and the sweep went on; if any did, they are
-  listed (error and log file) and the command exits with status 1.
+  listed (error and log file) and the command exits with status 1. Jobs refused before they became
+  runs (a bad config value, a checkpoint directory in use) leave no record; those of this process
+  (``NOT_RUN``) are listed too and also make the sweep exit with status 1.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 SWEEP_ID_VARIABLE = "LRA_SWEEP_ID"  # read by lra.train into each record's `sweep_id`
+NOT_RUN: list[str] = []  # "task/attention seed s: why" of jobs lra.train refused in this process
 
 
 def swept_attentions(config: DictConfig) -> list[str]:
@@ -66,7 +69,12 @@ class SweepCallback(Callback):
         failed = [r for r in runs if r["status"] == "failed"]
         counts = {status: sum(r["status"] == status for r in runs) for status in ("ok", "diverged", "failed")}
         print(f"sweep {self.sweep_id}: {len(runs)} runs recorded: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-        if failed:
+        not_run, NOT_RUN[:] = list(NOT_RUN), []
+        if not_run:
+            print(f"sweep: {len(not_run)} job(s) refused before training (no record):")
+            for line in not_run:
+                print(f"  {line}")
+        if failed or not_run:
             print(f"sweep: {len(failed)} of {len(runs)} runs failed:")
             for record in failed:
                 where = f" (log: {record['log_path']})" if record.get("log_path") else ""

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import jax
 from flax import nnx
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -30,7 +31,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lra.atomic_files import atomic_write_text
 from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
-from lra.checkpointing import EXIT_PREEMPTED, Preempted, RunCheckpoints, StopRequest, read_run_info
+from lra.checkpointing import (EXIT_PREEMPTED, CheckpointBusy, Preempted, RunCheckpoints, StopRequest,
+                               read_run_info)
+from lra.config_checks import ConfigError, check_config
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import count_parameters
@@ -40,7 +43,7 @@ from lra.results import new_run_id, write_record
 from lra.run_identity import (RunIdentity, checkpoint_directory, compose_defaults, explain_fresh_start, run_identity,
                               settings, settings_changed)
 from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
-from lra.sweep import SWEEP_ID_VARIABLE
+from lra.sweep import NOT_RUN, SWEEP_ID_VARIABLE
 from lra.training.loop import DivergenceError, LoopConfig, train_and_evaluate
 from lra.training.optimizer import build_optimizer
 from lra.training.sharding import initialize_distributed, is_primary
@@ -90,13 +93,14 @@ def _settings_changed(cfg: DictConfig, identity: RunIdentity) -> list[str] | Non
     return settings_changed(identity.settings, default_settings)
 
 
-def _checkpoints(cfg: DictConfig, resolved: dict, identity: RunIdentity, vocab_size: int) -> RunCheckpoints | None:
-    """The run's checkpoint directory (``checkpoint.*``), opened under its resume policy; None if off."""
+def _checkpoints(cfg: DictConfig, resolved: dict, identity: RunIdentity, cache) -> RunCheckpoints | None:
+    """The run's checkpoint directory (``checkpoint.*``), opened (and locked) under its resume policy,
+    tied to the data cache it trains on; None if off."""
     if not cfg.checkpoint.enabled:
         return None
     return RunCheckpoints(cfg.checkpoint.dir, identity.as_dict(), every_steps=int(cfg.checkpoint.every_steps),
-                          keep=int(cfg.checkpoint.keep), resume=cfg.checkpoint.resume, vocab_size=vocab_size,
-                          config=resolved).open()
+                          keep=int(cfg.checkpoint.keep), resume=cfg.checkpoint.resume, vocab_size=cache.vocab_size,
+                          config=resolved, data={"cache": cache.directory.name, "sha256": cache.content_sha256}).open()
 
 
 def _one_line(error: BaseException) -> str:
@@ -113,6 +117,7 @@ def run(cfg: DictConfig) -> dict:
     with ``status: failed`` (its one-line summary and the log path) and propagates. Only process 0
     writes anything.
     """
+    check_config(cfg, devices=jax.device_count())  # bad values fail here, before data or compilation
     attention_name = str(cfg.attention.get("name") or "unnamed")
     if cfg.get("positional_bias") is not None:  # a bias add-on makes a different model: its own row
         attention_name = f"{attention_name}+{cfg.positional_bias.get('name')}"
@@ -124,7 +129,7 @@ def run(cfg: DictConfig) -> dict:
               "sweep_id": os.environ.get(SWEEP_ID_VARIABLE)}
     try:
         return _train(cfg, record, run_dir)
-    except (Preempted, KeyboardInterrupt):
+    except (Preempted, KeyboardInterrupt, CheckpointBusy):  # not a run's outcome: nothing to record
         raise
     except Exception as error:
         log.exception("%s/%s seed %s failed", cfg.task.name, attention_name, cfg.seed)
@@ -173,7 +178,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
         reason = explain_fresh_start(checkpoint_dir, identity, lambda d: read_run_info(d)["identity"])
         if reason:
             log.warning(reason)
-    checkpoints = _checkpoints(cfg, resolved, identity, cache.vocab_size)
+    checkpoints = _checkpoints(cfg, resolved, identity, cache)
     if checkpoints is not None and checkpoints.finished_record is not None:
         finished = checkpoints.finished_record
         log.info("%s finished before (record %s); returning its record. checkpoint.resume=never "
@@ -270,6 +275,12 @@ def main(cfg: DictConfig) -> float:
         record = run(cfg)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)  # checkpoint saved; a rerun (or SLURM requeue) continues
+    except (ConfigError, CheckpointBusy) as error:  # refused before it was a run: no record
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.error("%s/%s seed %s not run: %s", cfg.task.name, cfg.attention.get("name"), cfg.seed, error)
+        NOT_RUN.append(f"{cfg.task.name}/{cfg.attention.get('name')} seed {cfg.seed}: {_one_line(error)}")
+        return float("nan")
     except Exception as error:  # recorded as failed by run()
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise  # a single run exits non-zero with the traceback

@@ -134,10 +134,12 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
 
 
 def extract_tar(archive: str | os.PathLike, target: str | os.PathLike, *,
-                select: Callable[[str], bool] | None = None, progress: bool = True) -> Path:
+                select: Callable[[str], bool] | None = None, progress: bool = True,
+                extra_files: dict[str, str] | None = None) -> Path:
     """Extract the members of ``archive`` for which ``select(name)`` is true into ``target``.
 
-    ``target`` must not exist yet; it appears complete or not at all.  Raises
+    ``target`` must not exist yet; it appears complete or not at all, with ``extra_files``
+    (name -> text, e.g. a record of the archive it came from) written beside the members.  Raises
     :class:`ArchiveError` for an unreadable or corrupt archive or a refused member.
     """
     archive, target = Path(archive), Path(target)
@@ -161,6 +163,8 @@ def extract_tar(archive: str | os.PathLike, target: str | os.PathLike, *,
             except (tarfile.TarError, EOFError, OSError, ValueError) as error:
                 raise ArchiveError(f"{archive}: cannot be read as a (gzipped) tar archive: {error}") from error
             bar.update(task, completed=archive.stat().st_size)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

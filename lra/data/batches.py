@@ -39,6 +39,8 @@ def train_batches(split: TokenSplit, batch_size: int, max_length: int, seed: int
     ``start`` skips that many batches (a resumed run's step count) without assembling them: batch
     i is batch i % per_epoch of epoch i // per_epoch, so the position needs no saved state.
     """
+    if batch_size < 1:  # else no epoch would hold a batch and this would loop forever yielding nothing
+        raise ValueError(f"train.batch_size must be >= 1; got {batch_size}")
     count = len(split) if limit_examples is None else min(limit_examples, len(split))
     if count < batch_size:
         raise ValueError(f"train split has {count} examples, fewer than one batch of {batch_size}")
@@ -55,6 +57,8 @@ def train_batches(split: TokenSplit, batch_size: int, max_length: int, seed: int
 def eval_batches(split: TokenSplit, batch_size: int, max_length: int,
                  limit_examples: int | None = None) -> Iterator[dict]:
     """One pass over the split in order; the last batch is padded with zero-weight rows."""
+    if batch_size < 1:
+        raise ValueError(f"train.eval_batch_size must be >= 1; got {batch_size}")
     count = len(split) if limit_examples is None else min(limit_examples, len(split))
     for start in range(0, count, batch_size):
         yield _assemble(split, np.arange(start, min(start + batch_size, count)), batch_size, max_length)

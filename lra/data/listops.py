@@ -493,15 +493,20 @@ def generate_listops(
 
 
 def _iter_tsv(path: Path) -> Iterator[tuple[str, int]]:
-    """Validated (expression, label) rows of a ListOps TSV."""
+    """Validated (expression, label) rows of a ListOps TSV (read as bytes, so a line that is not
+    UTF-8 is reported with its number)."""
     try:
-        f = open(path, encoding="utf-8", newline="")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"ListOps file {path} does not exist") from None
     with f:
         lineno = 0
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise ListOpsFormatError(f"{path}:{lineno}: not UTF-8 text ({error.reason} at byte {error.start} "
+                                         "of the line); is this a ListOps TSV?") from None
             if lineno == 1:
                 if tuple(line.split("\t")) != TSV_HEADER:
                     raise ListOpsFormatError(
@@ -524,6 +529,8 @@ def _iter_tsv(path: Path) -> Iterator[tuple[str, int]]:
             yield expr, int(lab)
         if lineno == 0:
             raise ListOpsFormatError(f"{path}:1: file is empty, expected the header 'Source<TAB>Target'")
+        if lineno == 1:
+            raise ListOpsFormatError(f"{path}: no examples after the header; the split would be empty")
 
 
 def read_listops_tsv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -630,6 +637,47 @@ def cache_key(params: Mapping[str, Any]) -> str:
     return params_key(prefix, params)
 
 
+# Unknown tokens in release files: the first few are shown; more than this many refuse the build
+# (a different or damaged file) unless task.allow_unknown_tokens=true.
+UNKNOWN_TOKENS_SHOWN = 5
+UNKNOWN_TOKEN_LIMIT = 10
+
+
+class UnknownTokens:
+    """Counts the release tokens that ``tokenizer``'s vocabulary lacks (they become ``<unk>``)."""
+
+    def __init__(self, tokenizer: str):
+        self.tokenizer, self.unk = tokenizer, _LOOKUPS[tokenizer].unk
+        self.per_split: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def count(self, split: str, path: Path, lineno: int, expression: str, ids: np.ndarray) -> None:
+        found = int(np.count_nonzero(ids == self.unk))
+        self.per_split[split] = self.per_split.get(split, 0) + found
+        if found and len(self.examples) < UNKNOWN_TOKENS_SHOWN:
+            tokens = [t for t in tokenize(expression, self.tokenizer) if t not in _LOOKUPS[self.tokenizer]]
+            self.examples.append(f"{path}:{lineno}: {', '.join(repr(t) for t in tokens[:5])}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_split.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {"total": self.total, "per_split": dict(self.per_split), "first": list(self.examples)}
+
+    def check(self, allowed: bool) -> None:
+        if not self.total:
+            return
+        where = "\n  ".join(self.examples)
+        message = (f"ListOps release: {self.total} token(s) not in the {self.tokenizer!r} vocabulary "
+                   f"(per split: {self.per_split}), mapped to {UNK}; first:\n  {where}")
+        if self.total > UNKNOWN_TOKEN_LIMIT and not allowed:
+            raise ListOpsFormatError(f"{message}\nmore than {UNKNOWN_TOKEN_LIMIT}: these are not the LRA "
+                                     "ListOps files (or they are damaged); set task.allow_unknown_tokens=true to "
+                                     "build the cache anyway (the counts are kept in its manifest)")
+        log.warning(message)
+
+
 def load_listops(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progress: bool = True) -> TokenCache:
     """Build (first time) or open the ListOps token cache for ``task_cfg``.
 
@@ -693,20 +741,24 @@ def load_listops(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, pro
     else:
         assert files is not None
         splits = {}
+        unknown = UnknownTokens(tokenizer)
         with progress_bar(progress) as bar:
             for split, p in files.items():
                 task = bar.add_task(f"ListOps: reading {p.name}", total=p.stat().st_size)
                 seqs: list[np.ndarray] = []
                 labs: list[int] = []
                 done = 0
-                for expr, label in _iter_tsv(p):
-                    seqs.append(encode(expr, tokenizer))
+                for lineno, (expr, label) in enumerate(_iter_tsv(p), start=2):
+                    ids = encode(expr, tokenizer)
+                    unknown.count(split, p, lineno, expr, ids)
+                    seqs.append(ids)
                     labs.append(label)
                     done += len(expr) + 3
                     if len(seqs) % 1000 == 0:
                         bar.update(task, completed=done)
                 bar.update(task, completed=p.stat().st_size)
                 splits[split] = (seqs, np.array(labs, dtype=np.int32))
+        unknown.check(bool(task_cfg.get("allow_unknown_tokens", False)))
         source = {
             "kind": "release",
             "description": "LRA release archive, lra_release/listops-1000",
@@ -719,6 +771,8 @@ def load_listops(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, pro
         "vocab": vocab_for(tokenizer),
         "params": params,
     }
+    if cfg["source"] == "release":
+        manifest_extra["unknown_tokens"] = unknown.summary()
     try:
         write_cache(directory, splits, manifest_extra)
     except FileExistsError:

@@ -13,10 +13,16 @@ expect is ``lra_release/lra_release/<folder>``)::
 
 1. ``task.release_dir``: an unpacked release (the folder itself, or one or two ``lra_release/``
    levels above it, or the wanted sub-folder itself);
-2. an earlier extraction under ``<data_dir>/lra_release/extracted-<needs>/``;
+2. an earlier extraction under ``<data_dir>/lra_release/extracted-<needs>/``, if it came from the
+   archive of step 3 (or that archive is not on disk any more): each extraction records the path,
+   size and sha256 of its archive in ``.archive.json``; a different archive is extracted anew
+   (into a new folder that then replaces the old one, so readers never see a mix);
 3. the archive at ``task.release_archive`` (default ``<data_dir>/downloads/lra_release.gz``,
    downloaded with resume from ``task.release_url`` when ``task.download`` is true), of which only
    the members under ``<needs>/`` are unpacked, atomically, into the folder of step 2.
+
+Archive checksums are memoised by size, mtime and inode (``<data_dir>/lra_release/.archive-sha256.json``),
+so the 7.7 GB archive is hashed once.
 
 Any task can call it; the Pathfinder loader asks for ``needs="pathfinder32"`` the way the
 Retrieval loader asks for ``needs="tsv_data"``.
@@ -24,18 +30,25 @@ Retrieval loader asks for ``needs="tsv_data"``.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lra.data.archives import download, extract_tar
+from lra.data.token_cache import file_sha256
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RELEASE_URL", "release_help", "release_root"]
 
 RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 _LEVELS = ((), ("lra_release",), ("lra_release", "lra_release"))
+ARCHIVE_RECORD = ".archive.json"  # in an extraction folder: which archive it came from
 
 
 def release_help(needs: str) -> str:
@@ -74,13 +87,24 @@ def release_root(task_cfg: Mapping[str, Any], data_dir: str | os.PathLike, *, ne
                                     f"lra_release/lra_release/ below it. " + release_help(needs))
         return root
 
-    extracted = Path(data_dir).expanduser() / "lra_release" / f"extracted-{needs}"
-    root = _find_root(extracted, needs) if extracted.is_dir() else None
-    if root is not None:
-        return root
-
+    release_cache = Path(data_dir).expanduser() / "lra_release"
+    extracted = release_cache / f"extracted-{needs}"
     configured = task_cfg.get("release_archive")
     archive = Path(configured).expanduser() if configured else Path(data_dir).expanduser() / "downloads" / "lra_release.gz"
+    root = _find_root(extracted, needs) if extracted.is_dir() else None
+    if root is not None:
+        if not archive.is_file():
+            return root  # the archive was removed after extraction: nothing to compare with
+        identity = _archive_identity(archive, release_cache)
+        recorded = _recorded_archive(extracted)
+        if recorded is not None and recorded.get("sha256") == identity["sha256"]:
+            return root
+        log.warning("%s was extracted from %s, not from %s (sha256 %s...): extracting that archive anew",
+                    extracted, "an unrecorded archive" if recorded is None else
+                    f"{recorded.get('path')} (sha256 {str(recorded.get('sha256'))[:16]}...)", archive,
+                    identity["sha256"][:16])
+        return _extract(archive, extracted, needs, identity, progress, replace=True)
+
     if not archive.is_file():
         if configured:
             raise FileNotFoundError(f"task.release_archive={archive} does not exist. " + release_help(needs))
@@ -88,17 +112,41 @@ def release_root(task_cfg: Mapping[str, Any], data_dir: str | os.PathLike, *, ne
             raise FileNotFoundError(f"no LRA release found for {needs}/ (task.release_dir and task.release_archive "
                                     f"are unset, {archive} does not exist, task.download=false). " + release_help(needs))
         download(task_cfg.get("release_url") or RELEASE_URL, archive, progress=progress)
+    return _extract(archive, extracted, needs, _archive_identity(archive, release_cache), progress, replace=False)
 
+
+def _archive_identity(archive: Path, release_cache: Path) -> dict[str, Any]:
+    return {"path": str(archive.resolve()), "bytes": archive.stat().st_size,
+            "sha256": file_sha256(archive, release_cache / ".archive-sha256.json")}
+
+
+def _recorded_archive(extracted: Path) -> dict | None:
+    try:
+        recorded = json.loads((extracted / ARCHIVE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _extract(archive: Path, extracted: Path, needs: str, identity: dict, progress: bool, *, replace: bool) -> Path:
+    """Unpack ``<needs>/`` of ``archive`` into ``extracted``, with a record of the archive; with
+    ``replace``, into a new sibling that replaces the existing extraction once complete."""
     def wanted(name: str) -> bool:
         return needs in PurePosixPath(name).parts[:3]
 
+    target = extracted.with_name(f".{extracted.name}.new-{uuid.uuid4().hex[:8]}") if replace else extracted
     try:
-        extract_tar(archive, extracted, select=wanted, progress=progress)
+        extract_tar(archive, target, select=wanted, progress=progress,
+                    extra_files={ARCHIVE_RECORD: json.dumps(identity, indent=1) + "\n"})
     except FileExistsError:  # another process extracted it meanwhile
         pass
-    root = _find_root(extracted, needs)
-    if root is None:
-        shutil.rmtree(extracted, ignore_errors=True)
+    if _find_root(target, needs) is None:
+        shutil.rmtree(target, ignore_errors=True)
         raise FileNotFoundError(f"{archive} holds no {needs}/ folder (looked one and two lra_release/ levels "
                                 f"down); is it the LRA release archive? " + release_help(needs))
-    return root
+    if replace:
+        old = extracted.with_name(f".{extracted.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(extracted, old)
+        os.replace(target, extracted)
+        shutil.rmtree(old, ignore_errors=True)
+    return _find_root(extracted, needs)

@@ -1,7 +1,9 @@
 """Task registry: a task config's ``name`` -> the function that prepares (once) and opens its cache.
 
 Each loader takes the task config as a plain dict and the cache root, builds the on-disk cache on
-first use (with progress) and returns a ``TokenCache`` with ``train``/``val``/``test`` splits.
+first use (with progress) and returns a ``TokenCache`` with ``train``/``val``/``test`` splits;
+``load_task`` then checks it (checksums, id and label ranges: ``token_cache.validate_cache``) and
+refuses an empty split.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from lra.data.listops import load_listops
 from lra.data.pathfinder import load_pathfinder
 from lra.data.retrieval import load_retrieval
 from lra.data.text import load_text
-from lra.data.token_cache import TokenCache
+from lra.data.token_cache import CacheError, TokenCache, validate_cache
 
 LOADERS: dict[str, Callable[..., TokenCache]] = {
     "listops": load_listops,
@@ -30,7 +32,14 @@ def load_task(task_cfg: Mapping, cache_root: str | Path, progress: bool = True) 
     name = task_cfg.get("name")
     if name not in LOADERS:
         raise ValueError(f"task.name={name!r} has no data loader; known tasks: {sorted(LOADERS)}")
-    return LOADERS[name](dict(task_cfg), cache_root, progress=progress)
+    cache = LOADERS[name](dict(task_cfg), cache_root, progress=progress)
+    num_classes = task_cfg.get("num_classes")
+    validate_cache(cache, int(num_classes) if num_classes is not None else None)
+    for split in ("train", "val", "test"):
+        if split in cache and len(cache[split]) == 0:
+            raise CacheError(f"token cache {cache.directory}: the {split} split is empty (source: "
+                             f"{cache.manifest.get('source')}); check the task's data files")
+    return cache
 
 
 def batch_length(task_cfg: Mapping) -> int:

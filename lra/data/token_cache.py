@@ -26,6 +26,12 @@ complete, so an interrupted write never leaves a half-written cache behind.
 Leftover temporary directories of dead writers are removed by the next write.
 Reads are cheap: :func:`read_cache` memory-maps the arrays and checks only
 sizes and shapes unless ``verify=True`` asks for a full sha256 check.
+:func:`validate_cache` is what every run calls (``lra.data.tasks.load_task``):
+once per process and cache, every file's sha256 against the manifest (memoised
+in ``.verified.json`` by size, mtime and inode, so an unchanged file is hashed
+once), token ids below the vocabulary size and labels within the task's
+classes. A cache that fails is a :class:`CacheError` naming the file, never a
+run that trains on it.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ __all__ = [
     "params_key",
     "read_cache",
     "token_dtype_for",
+    "validate_cache",
     "write_cache",
 ]
 
@@ -276,6 +283,76 @@ def read_cache(directory: str | os.PathLike, verify: bool = False) -> TokenCache
             )
         splits[name] = TokenSplit(name=name, tokens=tok, offsets=off, labels=lab)
     return TokenCache(directory=d, manifest=manifest, splits=splits)
+
+
+VERIFIED_MEMO = ".verified.json"
+_validated: set[tuple] = set()  # (directory, file stamps, num_classes) checked by this process
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def validate_cache(cache: TokenCache, num_classes: int | None = None) -> TokenCache:
+    """Check a cache's content before a run uses it; raises :class:`CacheError` naming the file.
+
+    - every array file's sha256 equals the manifest's (hashed once per file version: the result
+      is memoised in ``<cache>/.verified.json`` by size, mtime and inode);
+    - every token id is below the vocabulary size (the largest id is memoised the same way);
+    - every label is in ``0 .. num_classes - 1`` (when given).
+
+    Done once per process and cache; an unchanged cache costs a few ``stat`` calls afterwards.
+    """
+    d = Path(cache.directory)
+    entries = [(name, kind, info) for name, meta in cache.manifest["splits"].items()
+               for kind, info in meta["files"].items()]
+    stamps = tuple(tuple(_stamp(d / info["name"])) for _, _, info in entries)
+    key = (str(d.resolve()), stamps, num_classes)
+    if key in _validated:
+        return cache
+    memo_path = d / VERIFIED_MEMO
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    vocab_size, changed = cache.vocab_size, False
+    for (name, kind, info), stamp in zip(entries, stamps):
+        entry = memo.get(info["name"])
+        known = isinstance(entry, dict) and entry.get("stamp") == list(stamp)
+        if not (known and entry.get("sha256") == info["sha256"]):
+            digest = path_sha256(d / info["name"])
+            if digest != info["sha256"]:
+                raise CacheError(f"token cache {d}: checksum mismatch for {info['name']} (sha256 {digest}, "
+                                 f"manifest says {info['sha256']}): the file changed after the cache was written; "
+                                 "delete the directory to rebuild it")
+            entry = {"stamp": list(stamp), "sha256": digest}
+            if kind == "tokens":
+                tokens = cache[name].tokens
+                entry["max"] = int(tokens.max()) if len(tokens) else -1
+            memo[info["name"]], changed = entry, True
+        if kind == "tokens" and entry.get("max", -1) >= vocab_size:
+            raise CacheError(f"token cache {d}: {info['name']} holds token id {entry['max']}, but the manifest's "
+                             f"vocabulary has {vocab_size} entries (ids 0..{vocab_size - 1}); the cache is corrupt "
+                             "or was written by another tokenizer: delete the directory to rebuild it")
+    if num_classes is not None:
+        for name, split in cache.splits.items():
+            labels = np.asarray(split.labels)
+            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+                bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
+                raise CacheError(f"token cache {d}: split {name!r} has label {int(labels[bad])} at example {bad}, "
+                                 f"outside the task's {num_classes} classes (0..{num_classes - 1}); the cache "
+                                 "does not belong to this task or is corrupt: delete the directory to rebuild it")
+    if changed:
+        try:
+            tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+            os.replace(tmp, memo_path)
+        except OSError:
+            pass  # a read-only cache is checked again by the next process; nothing is wrong
+    _validated.add(key)
+    return cache
 
 
 # --------------------------------------------------------------------------- #

@@ -27,7 +27,7 @@ from lra.atomic_files import atomic_write_text
 from lra.leaderboard.html import leaderboard_html
 from lra.leaderboard.markdown import leaderboard_markdown, notes
 from lra.leaderboard.table import BASELINE, PARAMETER_RULE, TASK_ORDER, Row, leaderboard_frame, leaderboard_rows
-from lra.results import RECORDS, Selection, comparable_runs, read_records
+from lra.results import RECORDS, Selection, comparable_runs, read_records, rebuild_table
 
 LEADERBOARD_FILE = "leaderboard.md"
 HTML_FILE = "leaderboard.html"
@@ -60,6 +60,7 @@ def write_leaderboard(results_dir: str | Path, plots: bool = True) -> tuple[Path
 
     results_dir = Path(results_dir)
     records = load_records(results_dir)
+    rebuild_table(results_dir)  # results.csv from the records too (it may be stale after a failed write)
     selection = comparable_runs(records)
     rows = leaderboard_rows(records, selection)
     figures = []
