@@ -1,0 +1,168 @@
+"""Reformer LSH attention (Kitaev, Kaiser, Levskaya, "Reformer: The Efficient Transformer", ICLR 2020).
+
+Shared query-key attention restricted by locality-sensitive hashing (Sec. 2 and 3):
+
+    keys        k_j = q_j / ||q_j||  (shared QK: the encoder's K projection is not used)     (Sec. 2)
+    hash        h(x) = argmax([x R ; -x R]),  R in R^{d x b/2} Gaussian, one per round r     (Eq. 2)
+    sort        positions ordered by (h_r(q_i), i) within each round; chunks of c slots
+    attend      query i attends the real keys of its chunk and of the previous chunk, itself
+                excluded unless it is the only key there; logits q_i . k_j            (Eq. 3, Fig. 2)
+    rounds      o_i = sum_r exp(z_r(i) - logsumexp_r' z_r'(i)) o_r(i),
+                z_r(i) = log sum_{j in window_r(i)} exp(q_i . k_j)                         (Eq. 4-6)
+
+The logit q_i . q_j / ||q_j|| is the trax / HuggingFace form (keys normalised to unit length,
+queries unscaled). A key seen in several rounds counts once per round (no duplicate correction, as
+in both codes). Cost per round: O(n log n) for the sort, O(n c d) for the chunked products, O(n c)
+memory: linear in n at fixed chunk length c.
+
+Padding. Padded positions are hashed into an extra bucket past the last one, so in every round they
+sort after all real tokens; each round is chunked from its own start and the first chunk has no
+previous chunk (no wrap-around). Real tokens therefore see exactly the same chunks however much
+padding follows, and holes in the mask are handled the same way. (trax, the LRA code and the
+HuggingFace layer of the PyTorch lineage hash padded positions with the rest and let the look-back
+wrap around from the first chunk to the last, so their real outputs move with the padding.)
+
+Randomness. Rotations are drawn per head and round from the attention RNG stream: a fresh draw at
+every training call (``redraw: every_call``; the authors' trax and the HuggingFace layer), a draw
+fixed at construction at evaluation, so evaluation is deterministic given the seed. ``redraw: never``
+uses the construction draw in training too (the LRA code's fixed rotations). No attention-weight
+dropout (neither the LRA code nor the HuggingFace layer as configured by the PyTorch harness has any).
+
+Defaults per protocol (task overrides in ``configs/hparams/<protocol>/<task>.yaml``):
+  - official LRA (``lra_benchmarks/models/reformer/reformer_attention.py``): 1 round, 10 buckets;
+    its chunk length is the padded length / 10 (its ``chunk_len=10`` only pads the input to a
+    multiple of 10), which ``chunk_len: null`` reproduces as ceil(max_length / n_buckets).
+  - PyTorch lineage (Skyformer ``src/models/attention_reformer.py`` = HuggingFace ``LSHSelfAttention``
+    with its defaults; ``src/config.py`` ``num_hash: 2``): 2 rounds, chunk length 64, one chunk
+    before, none after, buckets = 2^(bit_length(2 n / 64) - 1) for the padded length n (32 at 1K and 2K,
+    128 at 4K).
+
+Deviations of the LRA code (quirk table in the README), correct by default:
+  - ``legacy_lra_logits: true``: logits q_i . q_j * sqrt(d) -- the code multiplies by d^0.5 where
+    1/sqrt(d) was meant and never normalises the keys (its ``length_norm`` is off);
+  - ``self_mask: false``: the LRA code lets every query attend to itself;
+  - not reproduced: the LRA code passes no padding mask at all, wraps the look-back around, shares
+    one rotation draw (PRNGKey(0)) across heads, layers and steps, and ties the chunk length to the
+    padded length (quadratic memory).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attention.base import AttentionSpec, require_choice
+from attention.softmax import MASKED_LOGIT
+
+SELF_LOGIT = -1e5  # a query's logit to itself: only wins when every other key in its window is padding
+REDRAWS = ("every_call", "never")
+
+
+def draw_rotations(key, heads: int, head_dim: int, n_hashes: int, n_buckets: int) -> jax.Array:
+    """Gaussian rotations R (heads, head_dim, n_hashes, n_buckets // 2) of Eq. 2, in fp32."""
+    return jax.random.normal(key, (heads, head_dim, n_hashes, n_buckets // 2), jnp.float32)
+
+
+def hash_buckets(q, key_mask, rotations):
+    """Bucket of every position in every round: (batch, heads, rounds, n) int32.
+
+    argmax over [x R ; -x R] in [0, n_buckets); padded positions get the extra bucket n_buckets.
+    """
+    rotated = jnp.einsum("bnhd,hdri->bhrni", q, rotations.astype(q.dtype))
+    buckets = jnp.argmax(jnp.concatenate([rotated, -rotated], axis=-1), axis=-1).astype(jnp.int32)
+    n_buckets = 2 * rotations.shape[-1]
+    return jnp.where(key_mask[:, None, None, :], buckets, n_buckets)
+
+
+def _chunks_with_previous(x, chunk_len: int, fill):
+    """(..., C*c, f) -> (..., C, 2c, f): each chunk followed by the previous one (``fill`` before the first)."""
+    chunks = x.reshape(*x.shape[:-2], -1, chunk_len, x.shape[-1])
+    first = jnp.full_like(chunks[..., :1, :, :], fill)
+    previous = jnp.concatenate([first, chunks[..., :-1, :, :]], axis=-3)
+    return chunks, jnp.concatenate([chunks, previous], axis=-2)
+
+
+def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool = True,
+                  legacy_lra_logits: bool = False):
+    """Eqs. 2-6 of the module docstring; q, v (batch, n, heads, d), rotations of ``draw_rotations``.
+
+    Computed in at least fp32 (bf16 upcast, fp64 kept); returns v's shape in q's dtype.
+    """
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    batch, n, heads, d = q.shape
+    rounds = rotations.shape[2]
+    qf, vf = q.astype(dtype), v.astype(dtype)
+    buckets = hash_buckets(qf, key_mask, rotations)
+    positions = jnp.arange(n, dtype=jnp.int32)
+    order = jnp.argsort(buckets * n + positions, axis=-1)  # unique keys: (bucket, position) order
+    undo = jnp.argsort(order, axis=-1)
+
+    def gather(x):  # (b, n, h, f) -> (b, h, r, n, f) in sorted order
+        x = jnp.broadcast_to(jnp.moveaxis(x, 2, 1)[:, :, None], (batch, heads, rounds, n, x.shape[-1]))
+        return jnp.take_along_axis(x, order[..., None], axis=-2)
+
+    n_chunks = -(-n // chunk_len)
+    pad = [(0, 0)] * 3 + [(0, n_chunks * chunk_len - n), (0, 0)]
+    info = jnp.stack([jnp.broadcast_to(positions, (batch, n)), key_mask.astype(jnp.int32)], axis=-1)
+    sq = jnp.pad(gather(qf), pad)
+    sv = jnp.pad(gather(vf), pad)
+    sinfo = jnp.pad(gather(info[:, :, None, :].repeat(heads, axis=2)), pad, constant_values=-1)
+    if legacy_lra_logits:
+        sk = sq * math.sqrt(d)
+    else:
+        sk = sq / jnp.sqrt(jnp.maximum(jnp.sum(sq * sq, axis=-1, keepdims=True), jnp.finfo(dtype).tiny))
+    bq, bk = _chunks_with_previous(sq, chunk_len, 0)[0], _chunks_with_previous(sk, chunk_len, 0)[1]
+    bv = _chunks_with_previous(sv, chunk_len, 0)[1]
+    qinfo, kinfo = _chunks_with_previous(sinfo, chunk_len, -1)
+    logits = jnp.einsum("...qd,...kd->...qk", bq, bk)
+    if self_mask:
+        same = qinfo[..., :, None, 0] == kinfo[..., None, :, 0]
+        logits = jnp.where(same, SELF_LOGIT, logits)
+    logits = jnp.where(kinfo[..., None, :, 1] == 1, logits, MASKED_LOGIT)
+    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    out = jnp.einsum("...qk,...kd->...qd", jnp.exp(logits - lse), bv)
+    out = out.reshape(batch, heads, rounds, n_chunks * chunk_len, -1)[..., :n, :]
+    lse = lse.reshape(batch, heads, rounds, n_chunks * chunk_len, 1)[..., :n, :]
+    out = jnp.take_along_axis(out, undo[..., None], axis=-2)  # back to position order
+    lse = jnp.take_along_axis(lse, undo[..., None], axis=-2)
+    combined = jnp.sum(out * jax.nn.softmax(lse, axis=2), axis=2)  # (b, h, n, d): Eq. 4-6
+    return jnp.moveaxis(combined, 1, 2).astype(q.dtype)
+
+
+class RotationDraw(nnx.Variable):
+    """The rotations drawn at construction: used at evaluation (and in training with redraw: never)."""
+
+
+class ReformerAttention(nnx.Module):
+    """LSH attention with shared QK; knobs and defaults in the module docstring."""
+
+    def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, n_hashes: int = 1, n_buckets: int = 10,
+                 chunk_len: int | None = None, self_mask: bool = True, redraw: str = "every_call",
+                 legacy_lra_logits: bool = False):
+        if n_buckets < 2 or n_buckets % 2:
+            raise ValueError(f"attention.n_buckets must be an even number >= 2, got {n_buckets}")
+        if n_hashes < 1:
+            raise ValueError(f"attention.n_hashes must be >= 1, got {n_hashes}")
+        if chunk_len is None:
+            chunk_len = -(-spec.max_length // n_buckets)  # the LRA code's chunk: its padded length / n_buckets
+        if chunk_len < 1:
+            raise ValueError(f"attention.chunk_len must be >= 1 (or null), got {chunk_len}")
+        require_choice("attention.redraw", redraw, REDRAWS)
+        self.shape = (spec.num_heads, spec.head_dim, n_hashes, n_buckets)
+        self.chunk_len, self.self_mask, self.redraw = chunk_len, bool(self_mask), redraw
+        self.legacy_lra_logits = bool(legacy_lra_logits)
+        self.rng = rngs.attention.fork()
+        self.fixed_rotations = RotationDraw(draw_rotations(self.rng(), *self.shape))
+
+    def rotations(self, deterministic: bool) -> jax.Array:
+        if deterministic or self.redraw == "never":
+            return self.fixed_rotations[...]
+        return draw_rotations(self.rng(), *self.shape)
+
+    def __call__(self, q, k, v, key_mask, *, deterministic: bool):
+        del k  # shared QK (Sec. 2): keys are the normalised queries
+        return lsh_attention(q, v, key_mask, self.rotations(deterministic), chunk_len=self.chunk_len,
+                             self_mask=self.self_mask, legacy_lra_logits=self.legacy_lra_logits)
