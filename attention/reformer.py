@@ -34,8 +34,8 @@ Defaults per protocol (task overrides in ``configs/hparams/<protocol>/<task>.yam
     multiple of 10), which ``chunk_len: null`` reproduces as ceil(max_length / n_buckets).
   - PyTorch lineage (Skyformer ``src/models/attention_reformer.py`` = HuggingFace ``LSHSelfAttention``
     with its defaults; ``src/config.py`` ``num_hash: 2``): 2 rounds, chunk length 64, one chunk
-    before, none after, buckets = 2^(bit_length(2 n / 64) - 1) for the padded length n (32 at 1K and 2K,
-    128 at 4K).
+    before, none after, buckets = 2^(bit_length(2 n / 64) - 1) for the padded length n (32 at 1K,
+    64 at 2K, 128 at 4K).
 
 Deviations of the LRA code (quirk table in the README), correct by default:
   - ``legacy_lra_logits: true``: logits q_i . q_j * sqrt(d) -- the code multiplies by d^0.5 where
