@@ -57,7 +57,7 @@ help:
 	@echo "make sweep TASK=listops,text ATTENTION=softmax,linear SEEDS=3 LAUNCHER=submitit_local"
 	@echo "make sweep TASK=listops ATTENTION=my_kernel,softmax KERNEL_DIR=path/to/my_kernels   your own attention"
 	@echo "make leaderboard [RESULTS=results/smoke]   rebuild results/*/leaderboard.{md,html} + plots, results/leaderboard.*"
-	@echo "make reproduce TABLE=lra_table1|skyformer_table1 [REPRODUCE_ARGS=--dry-run]   measured vs published"
+	@echo "make reproduce TABLE=lra_table1|skyformer_table1|nystromformer_table1 [REPRODUCE_ARGS=--dry-run]   measured vs published"
 	@echo "make browser                           install Debian's chromium for the leaderboard page test"
 	@echo "make test | make test-slow             test suite | including slow tests"
 	@echo "make install [CUDA=12]                 create .venv from requirements/lock.txt"
