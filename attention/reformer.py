@@ -132,6 +132,21 @@ def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool 
     return jnp.moveaxis(combined, 1, 2).astype(q.dtype)
 
 
+def shared_qk_attention(q, v, key_mask, *, self_mask: bool = True):
+    """What LSH attention approximates: every real key in one window (O(n^2)); (batch, n, heads, d).
+
+    softmax_j(q_i . q_j / ||q_j||) over real j, j != i unless i is the only real key.
+    """
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    qf = q.astype(dtype)
+    keys = qf / jnp.sqrt(jnp.maximum(jnp.sum(qf * qf, axis=-1, keepdims=True), jnp.finfo(dtype).tiny))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", qf, keys)
+    if self_mask:
+        logits = jnp.where(jnp.eye(q.shape[1], dtype=bool), SELF_LOGIT, logits)
+    logits = jnp.where(key_mask[:, None, None, :], logits, MASKED_LOGIT)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v.astype(dtype)).astype(q.dtype)
+
+
 class RotationDraw(nnx.Variable):
     """The rotations drawn at construction: used at evaluation (and in training with redraw: never)."""
 
