@@ -29,11 +29,19 @@ Defaults per task (official LRA configs): block size 50 on ListOps, Text and Ret
 default), 64 on CIFAR-10 and Pathfinder-32 (``image/configs/*/sinkhorn_base.py``); sort activation
 softmax everywhere (no config changes it). The PyTorch-lineage papers have no Sinkhorn row.
 
-The LRA code departs from the method in ways this module does not reproduce (README quirk table):
-it forms its blocks by reshaping (n) to (b, N_B), so a "block" is the strided set {j, j + N_B, ...},
-while its padding mask is cut into contiguous blocks (the two disagree, so padded keys can leak);
-and its sorting einsum ``'bskhd,bnhl->bsnhd'`` sums over the source and target block indices
-separately, so every sorted block is the sum of all blocks and the sorting network gets no gradient.
+The LRA code departs from the method (README quirk table); ``legacy_lra: true`` reproduces it:
+
+  - it forms its blocks by reshaping (n) to (b, N_B), so "block" j is the strided set
+    {j, j + N_B, j + 2 N_B, ...} (slot s = t // N_B), while its padding mask is cut into contiguous
+    blocks: block j's local attention is masked with mask[j b + s] (queries) and mask[j b + s'] (keys)
+    of the contiguous chunk j, so padded keys can be attended and real keys masked (bias -1e10);
+  - its sorting einsum ``'bskhd,bnhl->bsnhd'`` sums over the source block k and the target index l
+    separately: K~_n[s] = (sum_k K_k[s]) (sum_l P_nl), with sum_l P_nl = 1 for the softmax sort, so
+    every sorted block is the sum of all blocks' keys (values alike, padding included) and the sorting
+    network gets no gradient; the sorted mask is (sum_k mask_k[s, s']) (sum_{h,l} P) > 0, i.e. slot
+    pair (s, s') is open when any contiguous chunk has both real;
+  - its reshape needs n to be a multiple of b; here the input is padded with masked zero positions
+    to the next multiple instead (the official code would refuse such a length).
 """
 
 from __future__ import annotations
@@ -110,11 +118,49 @@ def sinkhorn_attention(q, k, v, key_mask, sort_kernel, *, block_size: int, sort_
     return out.astype(q.dtype)
 
 
+def lra_sinkhorn_attention(q, k, v, key_mask, sort_kernel, *, block_size: int, dropout=None):
+    """The official LRA code's computation, bugs included (``legacy_lra``; module docstring)."""
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    batch, n, heads, d = q.shape
+    n_blocks = -(-n // block_size)
+    if n_blocks > sort_kernel.shape[-1]:
+        raise ValueError(f"attention sinkhorn: input length {n} needs {n_blocks} blocks of {block_size}; "
+                         "raise task.max_length")
+    pad = n_blocks * block_size - n
+
+    def strided(x):  # (b, n, h, d) -> (b, h, N_B, block, d) with slot s, block j = token s N_B + j
+        x = jnp.pad(x.astype(dtype), [(0, 0), (0, pad), (0, 0), (0, 0)])
+        return jnp.transpose(x.reshape(batch, block_size, n_blocks, heads, d), (0, 3, 2, 1, 4))
+
+    qb, kb, vb = strided(q), strided(k), strided(v)
+    m = jnp.pad(key_mask, [(0, 0), (0, pad)]).reshape(batch, n_blocks, block_size)  # contiguous chunks
+    chunk_mask = m[:, :, :, None] & m[:, :, None, :]  # (b, N_B, s, s'): the official padding mask
+    logits = jnp.einsum("bhnd,dl->bhnl", kb.sum(axis=-2), sort_kernel.astype(dtype)[:, :n_blocks])
+    p_sum = jax.nn.softmax(logits, axis=-1).sum(axis=-1)  # (b, h, N_B): sum_l P_nl, 1 up to rounding
+    sorted_k = kb.sum(axis=2, keepdims=True) * p_sum[..., None, None]
+    sorted_v = vb.sum(axis=2, keepdims=True) * p_sum[..., None, None]
+    sorted_mask = chunk_mask.sum(axis=1)[:, None].astype(dtype) * p_sum.sum(axis=1)[:, :, None, None] > 0
+    scale = d ** -0.5
+
+    def weights(keys, allowed):
+        scores = jnp.einsum("bhnsd,bhnkd->bhnsk", qb * scale, keys)
+        return jax.nn.softmax(scores + jnp.where(allowed, 0.0, -1e10), axis=-1)  # the official additive bias
+
+    local = weights(kb, chunk_mask[:, None])
+    sorted_ = weights(sorted_k, sorted_mask[:, None])
+    if dropout is not None:
+        local, sorted_ = dropout(local), dropout(sorted_)
+    out = jnp.einsum("bhnsk,bhnkd->bhnsd", local, vb) + jnp.einsum("bhnsk,bhnkd->bhnsd", sorted_, sorted_v)
+    out = jnp.transpose(out, (0, 3, 2, 1, 4)).reshape(batch, n_blocks * block_size, heads, d)[:, :n]
+    return out.astype(q.dtype)
+
+
 class SinkhornAttention(nnx.Module):
     """Sparse Sinkhorn attention; knobs and defaults in the module docstring."""
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, block_size: int = 50,
-                 sort_activation: str = "softmax", sinkhorn_iterations: int = 1, temperature: float = 1.0):
+                 sort_activation: str = "softmax", sinkhorn_iterations: int = 1, temperature: float = 1.0,
+                 legacy_lra: bool = False):
         if block_size < 1:
             raise ValueError(f"attention.block_size must be >= 1, got {block_size}")
         require_choice("attention.sort_activation", sort_activation, SORT_ACTIVATIONS)
@@ -123,6 +169,9 @@ class SinkhornAttention(nnx.Module):
                              f"{sinkhorn_iterations} and {temperature}")
         self.block_size, self.sort_activation = block_size, sort_activation
         self.iterations, self.temperature = sinkhorn_iterations, temperature
+        self.legacy_lra = bool(legacy_lra)
+        if self.legacy_lra and sort_activation != "softmax":
+            raise ValueError("attention.legacy_lra reproduces the official default sort_activation=softmax only")
         max_blocks = -(-spec.max_length // block_size)
         self.sort_kernel = nnx.Param(jax.nn.initializers.xavier_uniform()(
             rngs.params(), (spec.head_dim, max_blocks), jnp.float32))
@@ -132,6 +181,9 @@ class SinkhornAttention(nnx.Module):
         dropout = None
         if self.dropout.rate > 0 and not deterministic:
             dropout = lambda w: self.dropout(w, deterministic=False)
+        if self.legacy_lra:
+            return lra_sinkhorn_attention(q, k, v, key_mask, self.sort_kernel[...], block_size=self.block_size,
+                                          dropout=dropout)
         return sinkhorn_attention(q, k, v, key_mask, self.sort_kernel[...], block_size=self.block_size,
                                   sort_activation=self.sort_activation, iterations=self.iterations,
                                   temperature=self.temperature, dropout=dropout)

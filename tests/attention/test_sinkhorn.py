@@ -123,3 +123,59 @@ def test_memory_grows_linearly_at_fixed_block_size():
     attention = make_attention("sinkhorn", AttentionSpec(num_heads=2, head_dim=16, max_length=2048), block_size=64)
     for ratio in growth_per_doubling(attention, backward=True):
         assert ratio < 2.5, ratio
+
+
+# --- the official LRA code's form (legacy_lra) ------------------------------------------------------
+
+def lra_code_reference(q, k, v, mask, kernel, block):
+    """NumPy transcription of the official sinkhorn_attention.py tensor steps (softmax sort, no dropout):
+    reshape (b, n, h, d) -> (b, block, N_B, h, d), contiguous-chunk padding mask, the sorting einsums as
+    written, additive -1e10 biases, attention along the block axis, reshape back."""
+    b, n, h, d = q.shape
+    nb = n // block
+    bq, bk, bv = (x.reshape(b, block, nb, h, d) for x in (q, k, v))
+    sort_out = np.einsum("bnhd,dl->bnhl", bk.sum(axis=1), kernel)[..., :nb]
+    perm = np.exp(sort_out - sort_out.max(-1, keepdims=True))
+    perm /= perm.sum(-1, keepdims=True)
+    sorted_k = np.einsum("bskhd,bnhl->bsnhd", bk, perm)
+    sorted_v = np.einsum("bskhd,bnhl->bsnhd", bv, perm)
+    pm = mask.reshape(b * nb, block, 1).astype(float)
+    padding = (pm[:, :, None, 0] * pm[:, None, :, 0]).reshape(b, nb, block, block)
+    sorted_padding = np.einsum("bksj,bnhl->bnsj", padding, perm)
+    bias = np.where(padding > 0, 0.0, -1e10)
+    sorted_bias = np.where(sorted_padding > 0, 0.0, -1e10)
+
+    def attend(keys, values, bias):
+        qt, kt = bq.transpose(0, 2, 3, 1, 4) / np.sqrt(d), keys.transpose(0, 2, 3, 1, 4)  # (b, nb, h, s, d)
+        w = np.einsum("bnhsd,bnhtd->bnhst", qt, kt) + bias[:, :, None]
+        w = np.exp(w - w.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        return np.einsum("bnhst,bnhtd->bnhsd", w, values.transpose(0, 2, 3, 1, 4)).transpose(0, 3, 1, 2, 4)
+
+    return (attend(bk, bv, bias) + attend(sorted_k, sorted_v, sorted_bias)).reshape(b, n, h, d)
+
+
+def test_legacy_lra_matches_the_official_code_on_padding_and_holes():
+    q, k, v, mask = _inputs(seed=5, length=12)  # padding from 7 in example 0, holes at 1, 5 in example 1
+    with jax.enable_x64(True):
+        attention = make_attention("sinkhorn", AttentionSpec(num_heads=2, head_dim=4, max_length=12), block_size=3,
+                                   legacy_lra=True)
+        kernel = np.asarray(attention.sort_kernel[...], np.float64)
+        out = np.asarray(attention(*(jnp.asarray(t) for t in (q, k, v, mask)), deterministic=True))
+    reference = lra_code_reference(q, k, v, mask, kernel, 3)
+    np.testing.assert_allclose(out, reference, rtol=1e-10, atol=1e-12)
+    corrected = sinkhorn_brute_force(q, k, v, mask, kernel, 3)
+    assert np.abs(out[mask] - corrected[mask]).max() > 1e-2
+
+
+def test_legacy_lra_sort_network_has_no_effect_and_padding_leaks():
+    q, k, v, mask = _inputs(seed=6, length=12)
+    q, k, v, mask = jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), jnp.asarray(v, jnp.float32), jnp.asarray(mask)
+    attention = make_attention("sinkhorn", AttentionSpec(num_heads=2, head_dim=4, max_length=12), block_size=3,
+                               legacy_lra=True)
+    out = np.asarray(attention(q, k, v, mask, deterministic=True))
+    attention.sort_kernel[...] = attention.sort_kernel[...] * 5.0 + 1.0
+    np.testing.assert_allclose(np.asarray(attention(q, k, v, mask, deterministic=True)), out, rtol=1e-5, atol=1e-6)
+    garbage = k.at[0, 7:].multiply(30.0)  # padded keys of example 0
+    leaked = np.asarray(attention(q, garbage, v, mask, deterministic=True))
+    assert np.abs(leaked[0, :7] - out[0, :7]).max() > 1e-3
