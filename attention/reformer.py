@@ -37,18 +37,22 @@ Defaults per protocol (task overrides in ``configs/hparams/<protocol>/<task>.yam
     before, none after, buckets = 2^(bit_length(2 n / 64) - 1) for the padded length n (32 at 1K,
     64 at 2K, 128 at 4K).
 
-Deviations of the LRA code (quirk table in the README), correct by default:
-  - ``legacy_lra_logits: true``: logits q_i . q_j * sqrt(d) -- the code multiplies by d^0.5 where
-    1/sqrt(d) was meant and never normalises the keys (its ``length_norm`` is off);
-  - ``self_mask: false``: the LRA code lets every query attend to itself;
-  - not reproduced: the LRA code passes no padding mask at all, wraps the look-back around, shares
-    one rotation draw (PRNGKey(0)) across heads, layers and steps, and ties the chunk length to the
-    padded length (quadratic memory).
+The LRA code departs from the method (README quirk table); ``legacy_lra: true`` reproduces it
+exactly (``lra_lsh_attention``), the correct form is the default:
+  - logits q_i . q_j * sqrt(d): it multiplies by d^0.5 where 1/sqrt(d) was meant, and never normalises
+    the keys (its ``length_norm`` is off);
+  - every query attends to itself, and no padding mask is applied: padded positions are hashed,
+    sorted and attended like real tokens;
+  - the input is first padded with 10 - (n mod 10) zero positions (its ``chunk_len=10``; 10 more when
+    n is a multiple of 10), and the rounds' sorted sequences, concatenated, are cut into
+    n_hashes x n_buckets chunks of (padded n) / n_buckets slots: the chunk grows with n (quadratic memory);
+  - the look-back wraps around: the first chunk of all rounds looks back to the last chunk of the last;
+  - one rotation draw for all heads, and the same in training and evaluation (its fixed
+    ``PRNGKey(0)`` also repeats the draw across layers; here each layer keeps its own draw).
+``self_mask: false`` alone keeps the padding-invariant form but lets a query attend to itself.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -85,8 +89,7 @@ def _chunks_with_previous(x, chunk_len: int, fill):
     return chunks, jnp.concatenate([chunks, previous], axis=-2)
 
 
-def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool = True,
-                  legacy_lra_logits: bool = False):
+def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool = True):
     """Eqs. 2-6 of the module docstring; q, v (batch, n, heads, d), rotations of ``draw_rotations``.
 
     Computed in at least fp32 (bf16 upcast, fp64 kept); returns v's shape in q's dtype.
@@ -110,10 +113,7 @@ def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool 
     sq = jnp.pad(gather(qf), pad)
     sv = jnp.pad(gather(vf), pad)
     sinfo = jnp.pad(gather(info[:, :, None, :].repeat(heads, axis=2)), pad, constant_values=-1)
-    if legacy_lra_logits:
-        sk = sq * math.sqrt(d)
-    else:
-        sk = sq / jnp.sqrt(jnp.maximum(jnp.sum(sq * sq, axis=-1, keepdims=True), jnp.finfo(dtype).tiny))
+    sk = sq / jnp.sqrt(jnp.maximum(jnp.sum(sq * sq, axis=-1, keepdims=True), jnp.finfo(dtype).tiny))
     bq, bk = _chunks_with_previous(sq, chunk_len, 0)[0], _chunks_with_previous(sk, chunk_len, 0)[1]
     bv = _chunks_with_previous(sv, chunk_len, 0)[1]
     qinfo, kinfo = _chunks_with_previous(sinfo, chunk_len, -1)
@@ -130,6 +130,48 @@ def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool 
     lse = jnp.take_along_axis(lse, undo[..., None], axis=-2)
     combined = jnp.sum(out * jax.nn.softmax(lse, axis=2), axis=2)  # (b, h, n, d): Eq. 4-6
     return jnp.moveaxis(combined, 1, 2).astype(q.dtype)
+
+
+LRA_PAD_MULTIPLE = 10  # the official ReformerAttention's chunk_len default (no LRA config changes it)
+
+
+def lra_lsh_attention(q, v, rotations, *, n_buckets: int):
+    """The official LRA ``lsh_attention_single_head`` (``legacy_lra``), vmapped over batch and heads.
+
+    q, v (batch, n, heads, d); rotations (d, n_hashes, n_buckets // 2), shared by every head. No mask.
+    """
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    batch, n, heads, d = q.shape
+    extra = LRA_PAD_MULTIPLE - n % LRA_PAD_MULTIPLE
+    length = n + extra
+    if length % n_buckets:
+        raise ValueError(f"attention.legacy_lra: the padded length {length} must be a multiple of "
+                         f"attention.n_buckets={n_buckets} (the official code reshapes it into n_buckets chunks)")
+    rounds = rotations.shape[1]
+    pad = [(0, 0), (0, extra), (0, 0), (0, 0)]
+    qf, vf = jnp.pad(q.astype(dtype), pad), jnp.pad(v.astype(dtype), pad)
+    rotations = rotations.astype(dtype)
+
+    def single_head(x, values):  # (length, d) each
+        rotated = jnp.einsum("tf,fhi->hti", x, rotations)
+        buckets = jnp.argmax(jnp.concatenate([rotated, -rotated], axis=-1), axis=-1)
+        buckets = (buckets + n_buckets * jnp.arange(rounds)[:, None]).reshape(-1)
+        ticker = jnp.arange(rounds * length)
+        sticker = jnp.argsort(length * buckets + ticker % length)
+        undo = jnp.argsort(sticker)
+        st = sticker % length
+        chunks = x[st].reshape(rounds * n_buckets, -1, d)
+        keys = jnp.concatenate([chunks, jnp.roll(chunks, 1, axis=0)], axis=1)  # look one back, wrapping
+        value_chunks = values[st].reshape(rounds * n_buckets, -1, values.shape[-1])
+        vals = jnp.concatenate([value_chunks, jnp.roll(value_chunks, 1, axis=0)], axis=1)
+        dots = jnp.einsum("cie,cje->cij", chunks, keys) * d ** 0.5
+        lse = jax.nn.logsumexp(dots, axis=-1, keepdims=True)
+        out = jnp.einsum("cij,cje->cie", jnp.exp(dots - lse), vals).reshape(-1, values.shape[-1])[undo]
+        weights = jax.nn.softmax(lse.reshape(-1)[undo].reshape(rounds, length, 1), axis=0)
+        return jnp.sum(out.reshape(rounds, length, -1) * weights, axis=0)
+
+    per_head = jax.vmap(single_head, in_axes=(1, 1), out_axes=1)
+    return jax.vmap(per_head)(qf, vf)[:, :n].astype(q.dtype)
 
 
 def shared_qk_attention(q, v, key_mask, *, self_mask: bool = True):
@@ -156,7 +198,7 @@ class ReformerAttention(nnx.Module):
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, n_hashes: int = 1, n_buckets: int = 10,
                  chunk_len: int | None = None, self_mask: bool = True, redraw: str = "every_call",
-                 legacy_lra_logits: bool = False):
+                 legacy_lra: bool = False):
         if n_buckets < 2 or n_buckets % 2:
             raise ValueError(f"attention.n_buckets must be an even number >= 2, got {n_buckets}")
         if n_hashes < 1:
@@ -168,7 +210,8 @@ class ReformerAttention(nnx.Module):
         require_choice("attention.redraw", redraw, REDRAWS)
         self.shape = (spec.num_heads, spec.head_dim, n_hashes, n_buckets)
         self.chunk_len, self.self_mask, self.redraw = chunk_len, bool(self_mask), redraw
-        self.legacy_lra_logits = bool(legacy_lra_logits)
+        self.legacy_lra = bool(legacy_lra)
+        self.n_buckets = n_buckets
         self.rng = rngs.attention.fork()
         self.fixed_rotations = RotationDraw(draw_rotations(self.rng(), *self.shape))
 
@@ -179,5 +222,7 @@ class ReformerAttention(nnx.Module):
 
     def __call__(self, q, k, v, key_mask, *, deterministic: bool):
         del k  # shared QK (Sec. 2): keys are the normalised queries
+        if self.legacy_lra:  # one fixed draw, head 0's, for every head, in training too
+            return lra_lsh_attention(q, v, self.fixed_rotations[...][0], n_buckets=self.n_buckets)
         return lsh_attention(q, v, key_mask, self.rotations(deterministic), chunk_len=self.chunk_len,
-                             self_mask=self.self_mask, legacy_lra_logits=self.legacy_lra_logits)
+                             self_mask=self.self_mask)

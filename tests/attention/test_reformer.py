@@ -98,17 +98,67 @@ def test_a_query_alone_in_its_window_attends_to_itself():
     np.testing.assert_allclose(out[0, 3], v[0, 3], rtol=1e-12)
 
 
-def test_legacy_lra_logits_and_no_self_mask():
-    """LRA code with one chunk: softmax(q_i.q_j sqrt(d)) over real keys, self included."""
+def test_without_self_mask_a_query_also_attends_to_itself():
+    """self_mask: false with one chunk: softmax of q_i.q_j/|q_j| over every real j, i included."""
     q, v, mask = _inputs(seed=3)
     with jax.enable_x64(True):
-        out = np.asarray(_reformer(chunk_len=11, legacy_lra_logits=True, self_mask=False)(
+        out = np.asarray(_reformer(chunk_len=11, self_mask=False)(
             jnp.asarray(q), None, jnp.asarray(v), jnp.asarray(mask), deterministic=True))
-    reference = softmax_reference(q * 4, q, v, mask)  # (d q).q / sqrt(d) = sqrt(d) q.q at d = 4
+    unit = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    reference = softmax_reference(q * 2.0, unit, v, mask)  # (2 q).k / sqrt(4) = q.k
     np.testing.assert_allclose(out[mask], reference[mask], rtol=1e-10, atol=1e-12)
-    default = np.asarray(_reformer(chunk_len=11)(*(jnp.asarray(t, jnp.float32) for t in (q, q, v, mask)),
-                                                 deterministic=True))
-    assert np.abs(default[mask] - reference[mask]).max() > 1e-2
+
+
+# --- the official LRA code's form (legacy_lra) ------------------------------------------------------
+
+def lra_code_reference(q, v, rotations, n_buckets):
+    """NumPy transcription of the official lsh_attention_single_head, one (example, head) at a time:
+    zero-pad to the next multiple of 10 (10 more if already one), hash with rotations shared by the
+    heads, sort by (round, bucket, position), n_hashes x n_buckets chunks with the wrapping look-back
+    of look_one_back, logits q.q sqrt(d) with no mask, unsort, combine rounds by their log-sum-exps."""
+    b, n, h, d = q.shape
+    length = n + 10 - n % 10
+    rounds = rotations.shape[1]
+    out = np.zeros_like(v)
+    for bi in range(b):
+        for hi in range(h):
+            x = np.zeros((length, d)); x[:n] = q[bi, :, hi]
+            val = np.zeros((length, d)); val[:n] = v[bi, :, hi]
+            rotated = np.einsum("tf,fhi->hti", x, rotations)
+            buckets = np.argmax(np.concatenate([rotated, -rotated], -1), -1) + n_buckets * np.arange(rounds)[:, None]
+            ticker = np.arange(rounds * length)
+            sticker = np.argsort(length * buckets.reshape(-1) + ticker % length, kind="stable")
+            undo = np.argsort(sticker, kind="stable")
+            st = sticker % length
+            bqk = x[st].reshape(rounds * n_buckets, -1, d)
+            bv = val[st].reshape(rounds * n_buckets, -1, d)
+            look_back = lambda c: np.concatenate([c, np.concatenate([c[-1:], c[:-1]], 0)], 1)
+            dots = np.einsum("hie,hje->hij", bqk, look_back(bqk)) * d ** 0.5
+            lse = np.log(np.exp(dots - dots.max(-1, keepdims=True)).sum(-1, keepdims=True)) + dots.max(-1, keepdims=True)
+            o = np.matmul(np.exp(dots - lse), look_back(bv)).reshape(-1, d)[undo].reshape(rounds, length, d)
+            logits = lse.reshape(-1)[undo].reshape(rounds, length, 1)
+            probs = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+            out[bi, :, hi] = (o * probs).sum(0)[:n]
+    return out
+
+
+@pytest.mark.parametrize("length,n_hashes,n_buckets", [(11, 1, 4), (13, 2, 10)])
+def test_legacy_lra_matches_the_official_code_on_padding_and_holes(length, n_hashes, n_buckets):
+    q, v, mask = _inputs(seed=7, length=length)  # 20 -> 5 chunks of 4 / 20 -> 2 x 10 chunks of 2
+    with jax.enable_x64(True):
+        attention = _reformer(length=length, n_hashes=n_hashes, n_buckets=n_buckets, legacy_lra=True)
+        rotations = np.asarray(attention.fixed_rotations[...][0], np.float64)
+        out = np.asarray(attention(jnp.asarray(q), None, jnp.asarray(v), jnp.asarray(mask), deterministic=False))
+    np.testing.assert_allclose(out, lra_code_reference(q, v, rotations, n_buckets), rtol=1e-10, atol=1e-12)
+    corrected = reformer_brute_force(q, v, mask, np.asarray(attention.fixed_rotations[...], np.float64),
+                                     attention.chunk_len)
+    assert np.abs(out[mask] - corrected[mask]).max() > 1e-2
+
+
+def test_legacy_lra_refuses_a_length_its_reshape_cannot_split():
+    q = jnp.ones((1, 11, 2, 4))
+    with pytest.raises(ValueError, match="attention.n_buckets"):
+        _reformer(n_buckets=6, legacy_lra=True)(q, None, q, jnp.ones((1, 11), bool), deterministic=True)
 
 
 def test_rotations_fixed_at_evaluation_and_redrawn_in_training():
