@@ -54,6 +54,8 @@ exactly (``lra_lsh_attention``), the correct form is the default:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -89,6 +91,7 @@ def _chunks_with_previous(x, chunk_len: int, fill):
     return chunks, jnp.concatenate([chunks, previous], axis=-2)
 
 
+@functools.partial(jax.jit, static_argnames=("chunk_len", "self_mask"))  # one compile, not op-by-op dispatch
 def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool = True):
     """Eqs. 2-6 of the module docstring; q, v (batch, n, heads, d), rotations of ``draw_rotations``.
 
@@ -135,6 +138,7 @@ def lsh_attention(q, v, key_mask, rotations, *, chunk_len: int, self_mask: bool 
 LRA_PAD_MULTIPLE = 10  # the official ReformerAttention's chunk_len default (no LRA config changes it)
 
 
+@functools.partial(jax.jit, static_argnames=("n_buckets",))
 def lra_lsh_attention(q, v, rotations, *, n_buckets: int):
     """The official LRA ``lsh_attention_single_head`` (``legacy_lra``), vmapped over batch and heads.
 

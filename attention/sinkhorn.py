@@ -46,6 +46,8 @@ The LRA code departs from the method (README quirk table); ``legacy_lra: true`` 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -155,6 +157,13 @@ def lra_sinkhorn_attention(q, k, v, key_mask, sort_kernel, *, block_size: int, d
     return out.astype(q.dtype)
 
 
+# Compiled once per shape for calls without dropout (evaluation, tests); with dropout the module's
+# nnx.Dropout must run in the caller's trace, so those calls go through the plain functions.
+_sinkhorn_jit = jax.jit(sinkhorn_attention, static_argnames=("block_size", "sort_activation", "iterations",
+                                                             "temperature", "dropout"))
+_lra_sinkhorn_jit = jax.jit(lra_sinkhorn_attention, static_argnames=("block_size", "dropout"))
+
+
 class SinkhornAttention(nnx.Module):
     """Sparse Sinkhorn attention; knobs and defaults in the module docstring."""
 
@@ -182,8 +191,9 @@ class SinkhornAttention(nnx.Module):
         if self.dropout.rate > 0 and not deterministic:
             dropout = lambda w: self.dropout(w, deterministic=False)
         if self.legacy_lra:
-            return lra_sinkhorn_attention(q, k, v, key_mask, self.sort_kernel[...], block_size=self.block_size,
-                                          dropout=dropout)
-        return sinkhorn_attention(q, k, v, key_mask, self.sort_kernel[...], block_size=self.block_size,
-                                  sort_activation=self.sort_activation, iterations=self.iterations,
-                                  temperature=self.temperature, dropout=dropout)
+            function = lra_sinkhorn_attention if dropout else _lra_sinkhorn_jit
+            return function(q, k, v, key_mask, self.sort_kernel[...], block_size=self.block_size, dropout=dropout)
+        function = sinkhorn_attention if dropout else _sinkhorn_jit
+        return function(q, k, v, key_mask, self.sort_kernel[...], block_size=self.block_size,
+                        sort_activation=self.sort_activation, iterations=self.iterations,
+                        temperature=self.temperature, dropout=dropout)
