@@ -157,9 +157,10 @@ def test_every_planned_family_is_registered_with_its_budget_knob():
             assert entry["budget"] in config, (name, entry["budget"])
 
 
-@pytest.mark.parametrize("name, budget", [("nystromformer", 64), ("mra2", 2), ("mra2_s", 2)])
+@pytest.mark.parametrize("name, budget", [("nystromformer", 64), ("mra2", 2), ("mra2_s", 2), ("reformer", 64)])
 def test_exact_configuration_has_zero_error(name, budget):
-    """All landmarks (m = n: the exact fallback) / every block pair (2 blocks per row of 64 tokens)."""
+    """All landmarks (m = n: the exact fallback) / every block pair (2 blocks per row of 64 tokens) /
+    one LSH chunk of 64 holding every key."""
     inputs = approximation.random_inputs(1, 64, 2, 8, seed=1)
     row = approximation.measure(name, PLAN["families"][name], PLAN, inputs, budget=budget, draws=1)
     assert row["status"] == "ok" and row["budget"] == budget

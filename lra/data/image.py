@@ -15,7 +15,7 @@ Sources (``task.source``):
 ``tfds``
     A prepared ``array_record`` copy read with ``tfds.data_source`` and its ``train[:90%]`` slices.
 
-Encoding: TensorFlow's ``tf.image.rgb_to_grayscale`` bit for bit (reference section 3.4, quirk
+Encoding: TensorFlow's ``tf.image.rgb_to_grayscale`` bit for bit (quirk
 D9): uint8 -> float32 times 1/255, weights (0.2989, 0.5870, 0.1140) in float32, back to uint8 by
 multiplying by 255.5 and truncating.  The 32 x 32 pixels, row-major, are the tokens (vocab 256,
 no normalisation).  Pixel tasks have no padding: ``task.pad_id`` is null, unless the protocol

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 #: Split -> file name inside the release's ``tsv_data/``.
 RELEASE_FILES: dict[str, str] = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv",
                                  "test": "new_aan_pairs.test.tsv"}
-#: Pairs per split in the LRA release (reference section 2).
+#: Pairs per split in the LRA release.
 RELEASE_COUNTS: dict[str, int] = {"train": 147_086, "val": 18_090, "test": 17_437}
 #: Byte-level vocabulary: id 0 = padding, id b + 1 = byte b (the TFDS ByteTextEncoder's ids).
 VOCAB: list[str] = ["<pad>", *(f"<0x{b:02X}>" for b in range(256))]
