@@ -54,8 +54,9 @@ Randomness. The authors redraw the noise (and the FastFood permutation) at every
 training and in evaluation (quirk E5). Here training draws from a fresh ``self.rng()`` key per call;
 evaluation uses a key fixed at construction (``eval_features="fixed"``), so it is deterministic given
 the seed. ``eval_features="resample"`` draws a fresh key in evaluation too (the authors' stochastic
-evaluation); the harness's eval step does not carry RNG state between eval batches, so there this
-gives one draw per evaluation pass (changing as training advances), not one per batch.
+evaluation); the harness's eval step carries the RNG state from one eval batch to the next, so
+every batch gets a fresh draw, as in the authors' code (each pass starts from the training stream's
+current state and leaves it unchanged).
 The generator's BatchNorm normalises with the statistics of the current noise batch in training and
 with running statistics in evaluation (PyTorch ``BatchNorm1d`` train/eval behaviour; momentum 0.1).
 

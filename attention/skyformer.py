@@ -39,9 +39,9 @@ construction, so evaluation is deterministic given the seed. Differences from th
 each a named flag where results could depend on it (defaults are the corrected forms):
 
 - ``eval_landmarks: resample`` -- the authors redraw landmarks at every forward, evaluation included
-  (tasks doc E5). Here the eval draw then comes from the training stream; because the harness's
-  eval step does not write model state back, one evaluation pass reuses one draw, which changes
-  from one evaluation to the next as training advances the stream.
+  (tasks doc E5). Here the eval draw then comes from the training stream; the harness's eval step
+  carries the RNG state from batch to batch, so every eval batch gets fresh landmarks, as theirs
+  (each pass starts from the training stream's current state and leaves it unchanged).
 - ``shared_landmarks_across_batch: true`` -- the authors draw a single u for the whole batch, so all
   examples of equal length get the same landmark positions (correlated Nystrom errors across the
   batch; expected effect: a noisier batch gradient). Default: an independent u per example.
