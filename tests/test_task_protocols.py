@@ -69,3 +69,20 @@ def test_mra_gets_the_authors_per_task_settings(task, attention):
     config = task_attention_config(_compose(f"task={task}", f"attention={attention}"))
     got = (config.patch_order, config.initial_prior_first_n_blocks, config.initial_prior_diagonal_n_blocks)
     assert got == MRA_PER_TASK[task, attention]
+
+
+@pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder"])
+def test_pytorch_lineage_turns_on_its_authors_flags_and_other_protocols_do_not(task):
+    from lra.build import task_attention_config
+
+    lineage = {"skyformer": {"pinv_init": "global", "eval_landmarks": "resample",
+                             "shared_landmarks_across_batch": True, "landmark_positions": "raw"},
+               "nystromformer": {"pinv_init": "global", "segment_means": "with_padding"},
+               "linear": {"legacy_unnormalised": True}}
+    for attention, flags in lineage.items():
+        on = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=pytorch_lineage"))
+        off = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=lra_official"))
+        assert {key: on[key] for key in flags} == flags
+        assert all(off[key] != value for key, value in flags.items())
+    mra = task_attention_config(_compose(f"task={task}", "attention=mra2_s", "protocol=pytorch_lineage"))
+    assert mra.patch_order == MRA_PER_TASK[task, "mra2_s"][0]  # the task's own overrides survive the merge
