@@ -78,7 +78,9 @@ def test_pytorch_lineage_turns_on_its_authors_flags_and_other_protocols_do_not(t
     lineage = {"skyformer": {"pinv_init": "global", "eval_landmarks": "resample",
                              "shared_landmarks_across_batch": True, "landmark_positions": "raw"},
                "nystromformer": {"pinv_init": "global", "segment_means": "with_padding"},
-               "linear": {"legacy_unnormalised": True}}
+               "linear": {"legacy_unnormalised": True},
+               "performer": {"redraw": "never", "double_scale": True, "key_offset": "batch", "legacy_qr_signs": True,
+                             "feature_eps": 1e-4, "query_offset": "projection", "padded_keys": "zeroed"}}
     for attention, flags in lineage.items():
         on = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=pytorch_lineage"))
         off = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=lra_official"))
