@@ -59,6 +59,15 @@ every batch gets a fresh draw, as in the authors' code (each pass starts from th
 current state and leaves it unchanged).
 The generator's BatchNorm normalises with the statistics of the current noise batch in training and
 with running statistics in evaluation (PyTorch ``BatchNorm1d`` train/eval behaviour; momentum 0.1).
+Not reproduced (evaluation only; training outputs are identical): the authors run the generator
+twice per training call, once for the queries and once for the keys on the same noise, so each
+BatchNorm's running statistics take two momentum-0.1 updates per call, r <- 0.81 r + 0.19 s, and
+PyTorch stores the unbiased batch variance (times S / (S - 1), S noise samples) in ``running_var``.
+Here the generator runs once per call: r <- 0.9 r + 0.1 s, with the biased variance. From the
+initial statistics (mean 0, var 1) one call leaves a running mean of 0.1 mu here against 0.19 mu
+theirs (0.47 relative); both converge to the same mean as training goes on, while the variance
+stays lower by the factor (S - 1) / S (1/S relative: 0.4% at S = 256). Evaluation with
+``eval_features: fixed`` normalises with these running statistics, so its outputs differ slightly.
 
 Feature counts. The authors size the features from the head dim d with p = pow2cast(d ln d) (the
 power of 2 nearest to d ln d, rounding at 1.5x: d = 64 -> 256, 32 -> 128, 16 -> 32, 8 -> 16), clipped
