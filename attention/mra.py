@@ -54,11 +54,28 @@ Correct forms used by default, with the authors' behaviour where results may dep
 - ``selection: per_row`` (variant, not the authors'): top ``block_per_row`` blocks in every block row
   (priors included), a faster and more regular pattern that the reference lists as a named variant.
 
-Details that cannot change results and are not offered as flags: the CUDA ``index_max`` quantises
-the per-token high-resolution max to 1e-3 (the output is invariant to the stabiliser); the authors'
-threshold test for "selected" (a tie with the k-th score drops a block from both parts, measure zero
-for continuous inputs) is replaced by the exact selected set; their +1e-6 in block counts and in the
-final denominator is dropped (the stabilised denominator is >= 1 whenever a row has a real key).
+- ``selection_scores: authors``: the authors' ranking scores, L' + 5e3 for each prior set a pair lies
+  in (diagonal band, first rows, first columns: a block in several sets ranks higher, which matters
+  when the forced blocks exceed the budget) and empty pairs at L' - 1e4, ranked among the others
+  rather than last (a budget larger than the non-empty pairs, as ``budget_from: input`` gives under
+  padding, then selects empty pairs). Default ``ranked``: every forced pair lifted once, L' clipped
+  to [-1e4, 0], empty pairs last.
+- ``authors_stabiliser``: the authors' numerics around their +1e-6. Their high-resolution row max is
+  taken over every key slot of the selected blocks, padded keys included (zeroed, so logit 0), and
+  their CUDA ``index_max`` truncates it towards zero to a multiple of 1e-3; MRA-2's shared stabiliser
+  is max(that, the low-resolution row max); block means divide by (c_r + 1e-6) (plain means when
+  nothing in the batch is padded) and the final denominator gets + 1e-6. The 1e-6 is NOT negligible
+  under padding: in a padded row whose real logits are all negative the padded keys' 0 sets the max,
+  the denominator falls far below 1 and the 1e-6 changes outputs (about 1e-4 relative at logits near
+  -8, up to 0.4 near -16). Default: the max over real keys only, no 1e-6 (the stabilised denominator
+  is then >= 1 whenever a row has a real key), exact means.
+
+With ``budget_from: input, row_max_over_empty_blocks: true, selection: global, selection_scores:
+authors, authors_stabiliser: true`` the output equals the authors' ``mra2_attention`` (their
+mra2_kernel/attention.py and CUDA kernels) on padded inputs and masks with holes (tested in float64
+against a reference written from their code). Left out: their threshold test for "selected" (a tie
+with the k-th score drops a block from both parts, measure zero for continuous inputs; equal scores
+among empty pairs only move which empty block pairs are picked) is replaced by the exact selected set.
 Padded query outputs are set to 0, as the authors multiply the output by the query mask.
 Attention dropout is not applied (the authors' MRA has none); ``spec.dropout_rate`` is ignored.
 

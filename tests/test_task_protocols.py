@@ -79,6 +79,8 @@ def test_pytorch_lineage_turns_on_its_authors_flags_and_other_protocols_do_not(t
                              "shared_landmarks_across_batch": True, "landmark_positions": "raw"},
                "nystromformer": {"pinv_init": "global", "segment_means": "with_padding"},
                "linear": {"legacy_unnormalised": True},
+               **{name: {"budget_from": "input", "row_max_over_empty_blocks": True, "selection_scores": "authors",
+                         "authors_stabiliser": True} for name in ("mra2", "mra2_s")},
                "performer": {"redraw": "never", "double_scale": True, "key_offset": "batch", "legacy_qr_signs": True,
                              "feature_eps": 1e-4, "query_offset": "projection", "padded_keys": "zeroed"}}
     for attention, flags in lineage.items():
