@@ -66,8 +66,8 @@ Correct forms used by default, with the authors' behaviour where results may dep
   is max(that, the low-resolution row max); block means divide by (c_r + 1e-6) (plain means when
   nothing in the batch is padded) and the final denominator gets + 1e-6. The 1e-6 is NOT negligible
   under padding: in a padded row whose real logits are all negative the padded keys' 0 sets the max,
-  the denominator falls far below 1 and the 1e-6 changes outputs (about 1e-4 relative at logits near
-  -8, up to 0.4 near -16). Default: the max over real keys only, no 1e-6 (the stabilised denominator
+  the denominator falls far below 1 and the 1e-6 changes outputs (measured on a right-padded input,
+  priors (1, 1), MRA-2-s: up to 3e-4 relative at real logits near -8, 0.7 near -16). Default: the max over real keys only, no 1e-6 (the stabilised denominator
   is then >= 1 whenever a row has a real key), exact means.
 
 With ``budget_from: input, row_max_over_empty_blocks: true, selection: global, selection_scores:
