@@ -11,7 +11,9 @@ Fourier integral kernel in place of the dot-product (Gaussian) one. Per (example
 with m_j = 1 for real keys, 0 for padding. There is no 1/sqrt(D) scaling: the learned bandwidth R
 (one scalar per layer shared by all heads and dimensions, or one value per dimension with
 ``R_shape="per_dim"``) is the only scale. The authors' code multiplies the product by R^D in one
-variant; that constant cancels in the normalisation and is omitted.
+variant; that constant is omitted here. It cancels in the normalisation only with ``eps=0``: with
+the authors' eps, K / (sum K + eps) with K scaled by R^D equals the unscaled form with eps / R^D,
+so ``eps=1e-6`` reproduces the variant without the R^D factor (the other one would need eps R^-D).
 
 Stable form. The product of D factors in [0, 1], each to the 4th power, underflows fp32 at LRA head
 sizes (sinc = 0.64 in every one of 64 dimensions gives ~1e-49), so the kernel is accumulated in log

@@ -54,10 +54,20 @@ Randomness. The authors redraw the noise (and the FastFood permutation) at every
 training and in evaluation (quirk E5). Here training draws from a fresh ``self.rng()`` key per call;
 evaluation uses a key fixed at construction (``eval_features="fixed"``), so it is deterministic given
 the seed. ``eval_features="resample"`` draws a fresh key in evaluation too (the authors' stochastic
-evaluation); the harness's eval step does not carry RNG state between eval batches, so there this
-gives one draw per evaluation pass (changing as training advances), not one per batch.
+evaluation); the harness's eval step carries the RNG state from one eval batch to the next, so
+every batch gets a fresh draw, as in the authors' code (each pass starts from the training stream's
+current state and leaves it unchanged).
 The generator's BatchNorm normalises with the statistics of the current noise batch in training and
 with running statistics in evaluation (PyTorch ``BatchNorm1d`` train/eval behaviour; momentum 0.1).
+``running_stats: authors`` (generator variants; evaluation only, training outputs are identical):
+the authors run the generator twice per training call, once for the queries and once for the keys
+on the same noise, so each BatchNorm's running statistics take two momentum-0.1 updates per call,
+r <- 0.81 r + 0.19 s, and PyTorch stores the unbiased batch variance (times S / (S - 1), S noise
+samples) in ``running_var``. Default ``single``: one update per call, r <- 0.9 r + 0.1 s, with the
+biased variance. From the initial statistics (mean 0, var 1) one call leaves a running mean of
+0.1 mu against their 0.19 mu (0.47 relative); both converge to the same mean as training goes on,
+while the variance stays lower by the factor (S - 1) / S. Evaluation with ``eval_features: fixed``
+normalises with these running statistics, so its outputs differ.
 
 Feature counts. The authors size the features from the head dim d with p = pow2cast(d ln d) (the
 power of 2 nearest to d ln d, rounding at 1.5x: d = 64 -> 256, 32 -> 128, 16 -> 32, 8 -> 16), clipped
@@ -424,16 +434,51 @@ class FastFoodAttention(_LearnedKernelAttention):
         return fastfood_features(x_hat, self.S[...], self.G[...], self.B[...], draw["permutation"], self.smoothing)
 
 
+RUNNING_STATS = ("single", "authors")
+
+
+class AuthorsBatchNorm(nnx.Module):
+    """PyTorch ``BatchNorm1d`` over the noise samples as the authors' generator uses it: batch
+    statistics (biased variance) normalise in training; the running statistics take ``updates``
+    momentum-0.1 updates per call with the unbiased variance; evaluation uses them."""
+
+    def __init__(self, features: int, *, updates: int = 2, epsilon: float = 1e-5):
+        self.scale = nnx.Param(jnp.ones((features,)))
+        self.bias = nnx.Param(jnp.zeros((features,)))
+        self.mean = nnx.BatchStat(jnp.zeros((features,)))
+        self.var = nnx.BatchStat(jnp.ones((features,)))
+        self.updates, self.epsilon = int(updates), float(epsilon)
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+        if use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            samples = x.shape[0]
+            mean = x.mean(axis=0)
+            var = ((x - mean) ** 2).mean(axis=0)
+            unbiased = var * samples / max(samples - 1, 1)
+            running_mean, running_var = self.mean[...], self.var[...]
+            for _ in range(self.updates):
+                running_mean = 0.9 * running_mean + 0.1 * jax.lax.stop_gradient(mean)
+                running_var = 0.9 * running_var + 0.1 * jax.lax.stop_gradient(unbiased)
+            self.mean[...], self.var[...] = running_mean, running_var
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+
+
 class Generator(nnx.Module):
     """[Linear -> BatchNorm over samples -> LeakyReLU(0.01)] per hidden width -> Linear -> tanh."""
 
-    def __init__(self, widths: list[int], out_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, widths: list[int], out_dim: int, *, rngs: nnx.Rngs, running_stats: str = "single"):
+        require_choice("attention.running_stats", running_stats, RUNNING_STATS)
         self.hidden = nnx.List()
         self.norms = nnx.List()
         for fan_in, fan_out in zip(widths, widths[1:]):
             self.hidden.append(self._linear(fan_in, fan_out, rngs))
-            self.norms.append(nnx.BatchNorm(fan_out, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-                                            rngs=rngs))
+            if running_stats == "authors":  # their generator runs twice per call (queries, keys)
+                self.norms.append(AuthorsBatchNorm(fan_out, updates=2))
+            else:
+                self.norms.append(nnx.BatchNorm(fan_out, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+                                                rngs=rngs))
         self.output = self._linear(widths[-1], out_dim, rngs)
 
     @staticmethod
@@ -455,12 +500,12 @@ def xavier_uniform_torch_kernel(key, shape, dtype=jnp.float32):
 
 
 class _GeneratorAttention(_LearnedKernelAttention):
-    def _init_generator(self, spec, rngs, generator_widths):
+    def _init_generator(self, spec, rngs, generator_widths, running_stats="single"):
         widths = [max(int(round(w * spec.head_dim)), 1) for w in generator_widths]
         if not widths:
             raise ValueError("attention.generator_widths needs at least the noise width")
         self.noise_dim = widths[0]
-        self.generator = Generator(widths, spec.head_dim, rngs=rngs)
+        self.generator = Generator(widths, spec.head_dim, rngs=rngs, running_stats=running_stats)
 
     def draw(self, key, dtype):
         return {"noise": jax.random.normal(key, (self.num_samples, self.noise_dim), dtype)}
@@ -484,11 +529,11 @@ class GeneratorRKSAttention(_GeneratorAttention):
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, num_samples: int | None = None,
                  generator_widths: tuple[float, ...] = (1, 4), smoothing: float = 1.0, eps: float = 1e-6,
-                 eval_features: str = "fixed"):
+                 eval_features: str = "fixed", running_stats: str = "single"):
         self._init_common(spec, rngs, eps, eval_features)
         self.num_samples = int(num_samples or authors_num_samples("generator_rks", spec.head_dim, spec.max_length))
         self.smoothing = float(smoothing)
-        self._init_generator(spec, rngs, generator_widths)
+        self._init_generator(spec, rngs, generator_widths, running_stats)
 
     def features(self, x_hat, draw, *, deterministic):
         u = jnp.einsum("bnhd,sd->bnhs", x_hat, draw["frequencies"].astype(x_hat.dtype))
@@ -503,10 +548,10 @@ class GeneratorPRFAttention(_GeneratorAttention):
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, num_samples: int | None = None,
                  generator_widths: tuple[float, ...] = (1, 4), eps: float = 1e-6, stabilize: bool = True,
-                 eval_features: str = "fixed"):
+                 eval_features: str = "fixed", running_stats: str = "single"):
         self._init_common(spec, rngs, eps, eval_features, stabilize)
         self.num_samples = int(num_samples or authors_num_samples("generator_prf", spec.head_dim, spec.max_length))
-        self._init_generator(spec, rngs, generator_widths)
+        self._init_generator(spec, rngs, generator_widths, running_stats)
 
     def features(self, x_hat, draw, *, deterministic):
         return positive_log_features(x_hat, draw["frequencies"].astype(x_hat.dtype))

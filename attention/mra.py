@@ -54,11 +54,28 @@ Correct forms used by default, with the authors' behaviour where results may dep
 - ``selection: per_row`` (variant, not the authors'): top ``block_per_row`` blocks in every block row
   (priors included), a faster and more regular pattern that the reference lists as a named variant.
 
-Details that cannot change results and are not offered as flags: the CUDA ``index_max`` quantises
-the per-token high-resolution max to 1e-3 (the output is invariant to the stabiliser); the authors'
-threshold test for "selected" (a tie with the k-th score drops a block from both parts, measure zero
-for continuous inputs) is replaced by the exact selected set; their +1e-6 in block counts and in the
-final denominator is dropped (the stabilised denominator is >= 1 whenever a row has a real key).
+- ``selection_scores: authors``: the authors' ranking scores, L' + 5e3 for each prior set a pair lies
+  in (diagonal band, first rows, first columns: a block in several sets ranks higher, which matters
+  when the forced blocks exceed the budget) and empty pairs at L' - 1e4, ranked among the others
+  rather than last (a budget larger than the non-empty pairs, as ``budget_from: input`` gives under
+  padding, then selects empty pairs). Default ``ranked``: every forced pair lifted once, L' clipped
+  to [-1e4, 0], empty pairs last.
+- ``authors_stabiliser``: the authors' numerics around their +1e-6. Their high-resolution row max is
+  taken over every key slot of the selected blocks, padded keys included (zeroed, so logit 0), and
+  their CUDA ``index_max`` truncates it towards zero to a multiple of 1e-3; MRA-2's shared stabiliser
+  is max(that, the low-resolution row max); block means divide by (c_r + 1e-6) (plain means when
+  nothing in the batch is padded) and the final denominator gets + 1e-6. The 1e-6 is NOT negligible
+  under padding: in a padded row whose real logits are all negative the padded keys' 0 sets the max,
+  the denominator falls far below 1 and the 1e-6 changes outputs (measured on a right-padded input,
+  priors (1, 1), MRA-2-s: up to 3e-4 relative at real logits near -8, 0.7 near -16). Default: the max over real keys only, no 1e-6 (the stabilised denominator
+  is then >= 1 whenever a row has a real key), exact means.
+
+With ``budget_from: input, row_max_over_empty_blocks: true, selection: global, selection_scores:
+authors, authors_stabiliser: true`` the output equals the authors' ``mra2_attention`` (their
+mra2_kernel/attention.py and CUDA kernels) on padded inputs and masks with holes (tested in float64
+against a reference written from their code). Left out: their threshold test for "selected" (a tie
+with the k-th score drops a block from both parts, measure zero for continuous inputs; equal scores
+among empty pairs only move which empty block pairs are picked) is replaced by the exact selected set.
 Padded query outputs are set to 0, as the authors multiply the output by the query mask.
 Attention dropout is not applied (the authors' MRA has none); ``spec.dropout_rate`` is ignored.
 
@@ -91,6 +108,10 @@ PRIOR_BOOST = 2e4
 EMPTY_SCORE = -1e9
 
 APPROX_MODES = ("full", "sparse")
+SELECTION_SCORES = ("ranked", "authors")
+AUTHORS_PRIOR_BOOST = 5e3  # the authors' get_block_idxes: +5e3 per prior set a block belongs to
+AUTHORS_EMPTY_PENALTY = 1e4  # their low-resolution logit of an empty block pair: L - 1e4
+AUTHORS_EPS = 1e-6  # their guard in the block-mean counts and in the final denominator
 SELECTIONS = ("global", "per_row")
 BUDGETS = ("input", "real")
 PATCH = (4, 8)  # rows x columns of the spatial patch that fills one 32-token block
@@ -148,14 +169,18 @@ def _per_bh(fn):
     return jax.vmap(jax.vmap(fn))
 
 
-def low_resolution(qb, kb, vb, mb):
+def low_resolution(qb, kb, vb, mb, *, count_eps: bool = False):
     """Masked block means and low-resolution logits.
 
     qb, kb, vb: (B, H, nb, bs, d), already zero at padded tokens; mb: (B, nb, bs) bool.
-    Returns L (B, H, nb, nb), counts (B, nb), v_hat (B, H, nb, d).
+    ``count_eps``: the authors' means sum / (c_r + 1e-6) (plain means when nothing in the batch is
+    padded, as their code then takes ``mean``). Returns L (B, H, nb, nb), counts (B, nb), v_hat (B, H, nb, d).
     """
     counts = mb.sum(axis=-1).astype(qb.dtype)
-    inv = (1.0 / jnp.maximum(counts, 1.0))[:, None, :, None]
+    if count_eps:
+        inv = (1.0 / (counts + jnp.where(mb.all(), 0.0, AUTHORS_EPS)))[:, None, :, None]
+    else:
+        inv = (1.0 / jnp.maximum(counts, 1.0))[:, None, :, None]
     q_hat, k_hat, v_hat = (x.sum(axis=3) * inv for x in (qb, kb, vb))
     logits = jnp.einsum("bhrd,bhcd->bhrc", q_hat, k_hat) / jnp.sqrt(jnp.asarray(qb.shape[-1], qb.dtype))
     return logits, counts, v_hat
@@ -172,20 +197,50 @@ def prior_mask(nb: int, first_n: int, diagonal_n: int) -> np.ndarray:
     return forced
 
 
-def selection_scores(logits, counts, *, first_n=0, diagonal_n=0, row_max_over_empty_blocks=False):
-    """Stop-gradient ranking scores (B, H, nb, nb): L' clipped to [-1e4, 0], priors lifted, empty
-    pairs last; also the (B, H, nb, nb) bool of non-empty pairs."""
+def prior_set_count(nb: int, first_n: int, diagonal_n: int) -> np.ndarray:
+    """(nb, nb) float: in how many of the authors' prior sets (diagonal band, first rows, first
+    columns) each block pair lies."""
+    r, c = np.arange(nb)[:, None], np.arange(nb)[None, :]
+    count = np.zeros((nb, nb))
+    if diagonal_n > 0:
+        count += np.abs(r - c) <= diagonal_n // 2
+    if first_n > 0:
+        count += (r < first_n).astype(float) + (c < first_n)
+    return count
+
+
+def low_resolution_row_max(logits, counts, row_max_over_empty_blocks=False):
+    """(B, H, nb, 1): the max of L over the non-empty pairs of a row (0 for a row without any), or
+    with ``row_max_over_empty_blocks`` over every key block, the empty ones counting L = 0."""
+    nonempty = counts > 0
+    if row_max_over_empty_blocks:  # authors: empty key blocks (mean 0, so L = 0) enter the max
+        return jnp.where(nonempty[:, None, None, :], logits, 0.0).max(axis=-1, keepdims=True)
+    valid = nonempty[:, None, :, None] & nonempty[:, None, None, :]
+    row_max = jnp.where(valid, logits, NEG).max(axis=-1, keepdims=True)
+    return jnp.where(row_max > NEG, row_max, 0.0)
+
+
+def selection_scores(logits, counts, *, first_n=0, diagonal_n=0, row_max_over_empty_blocks=False,
+                     scores_form: str = "ranked"):
+    """Stop-gradient ranking scores (B, H, nb, nb) and the (B, H, nb, nb) bool of non-empty pairs.
+
+    ``ranked``: L' clipped to [-1e4, 0], forced pairs lifted once, empty pairs last. ``authors``: their
+    get_block_idxes, L' + 5e3 per prior set the pair lies in, empty pairs at L' - 1e4 (ranked among
+    the rest, so a large budget reaches them)."""
     logits = jax.lax.stop_gradient(logits)
     nb = logits.shape[-1]
     nonempty = counts > 0
     valid = nonempty[:, None, :, None] & nonempty[:, None, None, :]
-    if row_max_over_empty_blocks:  # authors: empty key blocks (mean 0, so L = 0) enter the max
-        row_max = jnp.where(nonempty[:, None, None, :], logits, 0.0).max(axis=-1, keepdims=True)
-    else:
-        row_max = jnp.where(valid, logits, NEG).max(axis=-1, keepdims=True)
+    row_max = low_resolution_row_max(logits, counts, row_max_over_empty_blocks)
+    if scores_form == "authors":
+        scores = jnp.where(valid, logits, logits - AUTHORS_EMPTY_PENALTY) - row_max
+        return scores + AUTHORS_PRIOR_BOOST * prior_set_count(nb, first_n, diagonal_n), valid
     scores = jnp.clip(logits - row_max, -SCORE_FLOOR, 0.0)
     scores = jnp.where(prior_mask(nb, first_n, diagonal_n), scores + PRIOR_BOOST, scores)
     return jnp.where(valid, scores, EMPTY_SCORE), valid
+
+
+_selection_scores = selection_scores  # mra_attention's keyword of the same name shadows it there
 
 
 def select_blocks(scores, counts, block_per_row: int, *, selection="global", budget_from="real"):
@@ -212,11 +267,13 @@ def select_blocks(scores, counts, block_per_row: int, *, selection="global", bud
     return rows.astype(jnp.int32), cols.astype(jnp.int32), active
 
 
-def high_resolution(qb, kb, vb, mb, rows, cols, active):
+def high_resolution(qb, kb, vb, mb, rows, cols, active, *, authors_max: bool = False):
     """Exact softmax terms of the selected blocks, reduced into block rows.
 
     Returns numerator (B, H, nb, bs, d), denominator (B, H, nb, bs), both scaled by exp(-m_hi),
     and m_hi (B, H, nb, bs): per query, the max logit over real keys of its selected blocks (NEG if none).
+    ``authors_max``: their CUDA ``index_max``: the max over every key slot of the selected blocks
+    (padded keys, zeroed, have logit 0), truncated towards zero to a multiple of 1e-3.
     """
     nb = qb.shape[2]
     take = _per_bh(lambda x, i: x[i])
@@ -225,9 +282,13 @@ def high_resolution(qb, kb, vb, mb, rows, cols, active):
     key_real = key_real & active[..., None]
     logits = jnp.einsum("bhkqd,bhkjd->bhkqj", q_sel, k_sel) / jnp.sqrt(jnp.asarray(qb.shape[-1], qb.dtype))
     entry = key_real[..., None, :]
-    slot_max = jnp.where(entry, logits, NEG).max(axis=-1)  # (B, H, k, bs)
+    slot_entry = active[..., None, None] if authors_max else entry
+    slot_max = jnp.where(slot_entry, logits, NEG).max(axis=-1)  # (B, H, k, bs)
     seg_max = _per_bh(functools.partial(jax.ops.segment_max, num_segments=nb))
-    m_hi = jax.lax.stop_gradient(jnp.maximum(seg_max(slot_max, rows), NEG))  # empty segment: -inf
+    m_hi = jnp.maximum(seg_max(slot_max, rows), NEG)  # empty segment: -inf
+    if authors_max:
+        m_hi = jnp.where(m_hi > NEG, jnp.trunc(m_hi * 1000.0) / 1000.0, NEG)
+    m_hi = jax.lax.stop_gradient(m_hi)
     m_slot = take(m_hi, rows)
     weights = jnp.exp(jnp.where(entry, logits - m_slot[..., None], NEG))  # 0 at masked entries
     seg_sum = _per_bh(functools.partial(jax.ops.segment_sum, num_segments=nb))
@@ -236,15 +297,17 @@ def high_resolution(qb, kb, vb, mb, rows, cols, active):
     return numerator, denominator, m_hi
 
 
-def low_resolution_remainder(logits, counts, v_hat, valid, rows, cols, active):
+def low_resolution_remainder(logits, counts, v_hat, valid, rows, cols, active, row_max=None):
     """MRA-2's block-mean terms for the non-selected non-empty pairs, scaled by exp(-m_lo).
 
     Returns numerator (B, H, nb, d), denominator (B, H, nb), m_lo (B, H, nb) (NEG if no such pair).
+    ``row_max`` (B, H, nb, 1): use it as m_lo (the authors' stabiliser) instead of the remainder's max.
     """
     nb = logits.shape[-1]
     mark = _per_bh(lambda r, c, a: jnp.zeros((nb, nb), bool).at[r, c].set(a))  # pairs are distinct
     remainder = valid & ~mark(rows, cols, active)
-    m_lo = jax.lax.stop_gradient(jnp.where(remainder, logits, NEG).max(axis=-1))
+    m_lo = (jnp.where(remainder, logits, NEG).max(axis=-1) if row_max is None else row_max[..., 0])
+    m_lo = jax.lax.stop_gradient(m_lo)
     weights = jnp.exp(jnp.where(remainder, logits - m_lo[..., None], NEG)) * counts[:, None, None, :]
     return jnp.einsum("bhrc,bhcd->bhrd", weights, v_hat), weights.sum(axis=-1), m_lo
 
@@ -252,17 +315,19 @@ def low_resolution_remainder(logits, counts, v_hat, valid, rows, cols, active):
 @functools.partial(jax.jit, static_argnames=(
     "block_per_row", "approx_mode", "block_size", "initial_prior_first_n_blocks",
     "initial_prior_diagonal_n_blocks", "selection", "budget_from", "row_max_over_empty_blocks",
-    "grid_shape", "has_cls"))
+    "selection_scores", "authors_stabiliser", "grid_shape", "has_cls"))
 def mra_attention(q, k, v, key_mask, *, block_per_row: int = 8, approx_mode: str = "full",
                   block_size: int = 32, initial_prior_first_n_blocks: int = 0,
                   initial_prior_diagonal_n_blocks: int = 0, selection: str = "global",
                   budget_from: str = "real", row_max_over_empty_blocks: bool = False,
+                  selection_scores: str = "ranked", authors_stabiliser: bool = False,
                   grid_shape=None, has_cls: bool = False):
     """MRA-2 (``approx_mode="full"``) or MRA-2-s (``"sparse"``) on (B, n, H, d) inputs; see the
     module docstring. ``grid_shape`` (a tuple) switches on the 4 x 8 patch order. Returns q's dtype.
     Jitted with every option static (they fix shapes: k, nb, the layout)."""
     require_choice("attention.approx_mode", approx_mode, APPROX_MODES)
     require_choice("attention.budget_from", budget_from, BUDGETS)
+    require_choice("attention.selection_scores", selection_scores, SELECTION_SCORES)
     batch, length, heads, dim = q.shape
     dtype = jnp.promote_types(q.dtype, jnp.float32)
     layout = dict(block_size=block_size, grid_shape=grid_shape, has_cls=has_cls)
@@ -275,25 +340,32 @@ def mra_attention(q, k, v, key_mask, *, block_per_row: int = 8, approx_mode: str
         return x.transpose(0, 2, 1, 3).reshape(batch, heads, nb, block_size, dim)
 
     qb, kb, vb = blocks(q), blocks(k), blocks(v)
-    logits, counts, v_hat = low_resolution(qb, kb, vb, mb)
+    logits, counts, v_hat = low_resolution(qb, kb, vb, mb, count_eps=authors_stabiliser)
     if approx_mode == "sparse":  # the low resolution only ranks blocks
         logits = jax.lax.stop_gradient(logits)
-    scores, valid = selection_scores(logits, counts, first_n=initial_prior_first_n_blocks,
-                                     diagonal_n=initial_prior_diagonal_n_blocks,
-                                     row_max_over_empty_blocks=row_max_over_empty_blocks)
+    scores, valid = _selection_scores(
+        logits, counts, first_n=initial_prior_first_n_blocks, diagonal_n=initial_prior_diagonal_n_blocks,
+        row_max_over_empty_blocks=row_max_over_empty_blocks, scores_form=selection_scores)
     rows, cols, active = select_blocks(scores, counts, block_per_row, selection=selection,
                                        budget_from=budget_from)
-    numerator, denominator, m_hi = high_resolution(qb, kb, vb, mb, rows, cols, active)
+    numerator, denominator, m_hi = high_resolution(qb, kb, vb, mb, rows, cols, active,
+                                                   authors_max=authors_stabiliser)
 
     if approx_mode == "full":
-        num_lo, den_lo, m_lo = low_resolution_remainder(logits, counts, v_hat, valid, rows, cols, active)
+        row_max = (low_resolution_row_max(jax.lax.stop_gradient(logits), counts, row_max_over_empty_blocks)
+                   if authors_stabiliser else None)
+        num_lo, den_lo, m_lo = low_resolution_remainder(logits, counts, v_hat, valid, rows, cols, active,
+                                                        row_max)
         m_lo = m_lo[..., None]  # broadcast over the tokens of the query block
         shared = jnp.maximum(m_hi, m_lo)
         scale_hi, scale_lo = jnp.exp(m_hi - shared), jnp.exp(m_lo - shared)
         numerator = numerator * scale_hi[..., None] + num_lo[:, :, :, None, :] * scale_lo[..., None]
         denominator = denominator * scale_hi + den_lo[..., None] * scale_lo
 
-    out = numerator / jnp.where(denominator > 0, denominator, 1.0)[..., None]  # no real key: 0
+    if authors_stabiliser:  # their + 1e-6, relative to their stabilisers
+        out = numerator / (denominator + AUTHORS_EPS)[..., None]
+    else:
+        out = numerator / jnp.where(denominator > 0, denominator, 1.0)[..., None]  # no real key: 0
     out = out.reshape(batch, heads, nb * block_size, dim).transpose(0, 2, 1, 3)
     out = from_internal(jnp.where(mask[:, :, None, None], out, 0.0), length, **layout)
     return out.astype(q.dtype)
@@ -310,11 +382,13 @@ class MRAAttention(nnx.Module):
                  block_per_row: int = 8, block_size: int = 32, initial_prior_first_n_blocks: int = 1,
                  initial_prior_diagonal_n_blocks: int = 0, patch_order: bool = False,
                  selection: str = "global", budget_from: str = "real",
-                 row_max_over_empty_blocks: bool = False):
+                 row_max_over_empty_blocks: bool = False, selection_scores: str = "ranked",
+                 authors_stabiliser: bool = False):
         del rngs  # no parameters and no randomness
         require_choice("attention.approx_mode", approx_mode, APPROX_MODES)
         require_choice("attention.selection", selection, SELECTIONS)
         require_choice("attention.budget_from", budget_from, BUDGETS)
+        require_choice("attention.selection_scores", selection_scores, SELECTION_SCORES)
         if block_per_row < 1 or block_size < 1:
             raise ValueError(f"attention.block_per_row and block_size must be >= 1, "
                              f"got {block_per_row} and {block_size}")
@@ -334,6 +408,7 @@ class MRAAttention(nnx.Module):
             initial_prior_first_n_blocks=int(initial_prior_first_n_blocks),
             initial_prior_diagonal_n_blocks=int(initial_prior_diagonal_n_blocks), selection=selection,
             budget_from=budget_from, row_max_over_empty_blocks=bool(row_max_over_empty_blocks),
+            selection_scores=selection_scores, authors_stabiliser=bool(authors_stabiliser),
             grid_shape=grid_shape, has_cls=bool(spec.has_cls),
         )
 

@@ -14,9 +14,12 @@ their features set to exactly zero (the official LRA Performer ignores the mask,
 Orthogonal random features (Sec. 2.4). W stacks ceil(m/d) independent d x d blocks with orthonormal
 rows, from ``jnp.linalg.qr`` of Gaussian blocks; the first m rows are kept. Each block's Q factor is
 sign-corrected with sign(diag R) (Mezzadri 2007) so that it is Haar distributed: without it every
-block's i-th row has a negative i-th coordinate, which biases the kernel estimate (the authors'
-Google JAX code and the lucidrains code used by the PyTorch LRA harnesses skip it;
-``legacy_qr_signs: true`` reproduces that). Row norms: ``chi`` (the authors' scaling 0: norms of
+block's i-th row has a negative i-th coordinate (the authors' Google JAX code and the lucidrains
+code used by the PyTorch LRA harnesses skip it; ``legacy_qr_signs: true`` reproduces that). Measured
+effect on the estimate of exp(x.x), mean over 4,000 blocks with m = d: at d = 8, |x| = 0.5, -8.9%
+along e_1 and -3.0% along a random direction; at d = 32, -2.6% / +3.7% (|x| = 0.5) and -3.7% /
+-7.6% (|x| = 1); the corrected draw stays within 1% in all six cases. The bias depends on the
+direction of x, so it is not a constant that cancels in the normalisation. Row norms: ``chi`` (the authors' scaling 0: norms of
 independent N(0, I_d) vectors, so each row is marginally N(0, I_d) and the estimate is unbiased) or
 ``sqrt_d`` (scaling 1). ``orthogonal: false`` draws i.i.d. Gaussian rows instead.
 
@@ -50,6 +53,21 @@ Quirk flags (off by default; results can depend on them):
     head, key and feature; here over real keys), so through ``feature_eps`` and fp32 underflow an
     example's output depends on its batch mates (quirk A5).
   - ``legacy_qr_signs``: no sign correction of the QR factors (see above).
+  - ``query_offset: projection``: the query stabiliser is the row max of W q~ only, so
+    exp(-|q~|^2/2) stays inside the feature next to eps (the Google JAX ``softmax_kernel_transformation``
+    and the lucidrains copy of it). With eps > 0 this is not a constant shift: for a large-norm query
+    every exp term falls far below eps, phi(q) tends to eps (1, ..., 1), and the output loses its
+    dependence on the query (all such queries get one fixed mix of the values). Default ``exponent``:
+    the max of the whole exponent, so the largest query feature is exactly m^(-1/2) (1 + eps).
+  - ``padded_keys: zeroed``: the PyTorch harnesses' wrapper zeroes K and V at padded positions BEFORE
+    the feature map, so a padded key keeps the feature m^(-1/2) (exp(-c) + eps) in the denominator
+    (c the key stabiliser; its zero projection also enters the batch max), and outputs depend on
+    the amount of padding. Default ``excluded``: padded keys' features are exactly 0.
+
+The PyTorch LRA harnesses (Nystromformer, Skyformer, MRA: Skyformer src/models/attention_performer.py
+around the vendored lucidrains ``FastAttention``) are reproduced exactly, padding and holes included,
+by ``redraw: never, double_scale: true, key_offset: batch, legacy_qr_signs: true, feature_eps: 1e-4,
+query_offset: projection, padded_keys: zeroed`` (tested against a float64 reference of their code).
 
 Attention-weight dropout (``spec.dropout_rate``) is not applied: no n x n weights are formed.
 """
@@ -68,6 +86,8 @@ from attention.base import AttentionSpec, require_choice
 REDRAW_POLICIES = ("never", "every_call", "every_k_steps")
 ROW_NORMS = ("chi", "sqrt_d")
 KEY_OFFSETS = ("per_example", "batch")
+QUERY_OFFSETS = ("exponent", "projection")
+PADDED_KEYS = ("excluded", "zeroed")
 
 
 class FeatureDraw(nnx.Variable):
@@ -101,17 +121,19 @@ def draw_random_features(key: jax.Array, num_features: int, dim: int, *, orthogo
 
 
 def positive_features(x: jax.Array, w: jax.Array, key_mask: jax.Array | None = None, *,
-                      feature_eps: float = 1e-6, key_offset: str = "per_example") -> jax.Array:
+                      feature_eps: float = 1e-6, key_offset: str = "per_example",
+                      query_offset: str = "exponent") -> jax.Array:
     """phi(x) (batch, n, heads, m) for already-scaled x (batch, n, heads, d) and W (m, d).
 
-    Queries (``key_mask`` None): offset per (example, position, head). Keys: offset per (example,
-    head) over real keys, padded keys' features exactly 0 (``key_offset: batch``: see the module doc).
+    Queries (``key_mask`` None): offset per (example, position, head), the max of the exponent
+    (``query_offset: projection``: of W x only). Keys: offset per (example, head) over real keys,
+    padded keys' features exactly 0 (``key_offset: batch``: see the module doc).
     """
     m = w.shape[0]
     projection = jnp.einsum("bnhd,md->bnhm", x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
     exponent = projection - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
     if key_mask is None:
-        offset = jnp.max(exponent, axis=-1, keepdims=True)
+        offset = jnp.max(exponent if query_offset == "exponent" else projection, axis=-1, keepdims=True)
         return (jnp.exp(exponent - jax.lax.stop_gradient(offset)) + feature_eps) * m ** -0.5
     real = key_mask[:, :, None, None]
     if key_offset == "per_example":
@@ -125,17 +147,25 @@ def positive_features(x: jax.Array, w: jax.Array, key_mask: jax.Array | None = N
     return jnp.where(real, (jnp.exp(shifted) + feature_eps) * m ** -0.5, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("feature_eps", "double_scale", "key_offset"))
+@functools.partial(jax.jit, static_argnames=("feature_eps", "double_scale", "key_offset", "query_offset",
+                                             "padded_keys"))
 def favor_attention(q, k, v, key_mask, w, *, feature_eps: float = 1e-6, double_scale: bool = False,
-                    key_offset: str = "per_example"):
+                    key_offset: str = "per_example", query_offset: str = "exponent",
+                    padded_keys: str = "excluded"):
     """FAVOR+ (module doc): q, k, v (batch, n, heads, d), W (m, d); returns v's shape in q's dtype."""
+    require_choice("attention.query_offset", query_offset, QUERY_OFFSETS)
+    require_choice("attention.padded_keys", padded_keys, PADDED_KEYS)
     dtype = jnp.promote_types(q.dtype, jnp.float32)
     d = q.shape[-1]
     scale = d ** -0.5 if double_scale else d ** -0.25
-    phi_q = positive_features(q.astype(dtype) * scale, w, feature_eps=feature_eps)
-    phi_k = positive_features(k.astype(dtype) * scale, w, key_mask, feature_eps=feature_eps,
-                              key_offset=key_offset)
-    kv = jnp.einsum("bkhm,bkhe->bhme", phi_k, v.astype(dtype))
+    k, v = k.astype(dtype), v.astype(dtype)
+    if padded_keys == "zeroed":  # the PyTorch harnesses: K and V zeroed, every key then gets features
+        real = key_mask[:, :, None, None]
+        k, v = jnp.where(real, k, 0.0), jnp.where(real, v, 0.0)
+        key_mask = jnp.ones_like(key_mask)
+    phi_q = positive_features(q.astype(dtype) * scale, w, feature_eps=feature_eps, query_offset=query_offset)
+    phi_k = positive_features(k * scale, w, key_mask, feature_eps=feature_eps, key_offset=key_offset)
+    kv = jnp.einsum("bkhm,bkhe->bhme", phi_k, v)
     numerator = jnp.einsum("bqhm,bhme->bqhe", phi_q, kv)
     denominator = jnp.einsum("bqhm,bhm->bqh", phi_q, phi_k.sum(axis=1))[..., None]
     safe = jnp.where(denominator > 0, denominator, 1.0)  # 0 only without real keys; numerator is 0 then
@@ -148,8 +178,11 @@ class PerformerAttention(nnx.Module):
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, num_features: int = 256,
                  redraw: str = "every_call", redraw_interval: int = 1000, orthogonal: bool = True,
                  row_norms: str = "chi", feature_eps: float = 1e-6, double_scale: bool = False,
-                 key_offset: str = "per_example", legacy_qr_signs: bool = False):
+                 key_offset: str = "per_example", legacy_qr_signs: bool = False,
+                 query_offset: str = "exponent", padded_keys: str = "excluded"):
         require_choice("attention.redraw", redraw, REDRAW_POLICIES)
+        require_choice("attention.query_offset", query_offset, QUERY_OFFSETS)
+        require_choice("attention.padded_keys", padded_keys, PADDED_KEYS)
         if redraw == "every_k_steps" and int(redraw_interval) < 1:
             raise ValueError(f"attention.redraw_interval must be >= 1, got {redraw_interval}")
         require_choice("attention.row_norms", row_norms, ROW_NORMS)
@@ -166,6 +199,7 @@ class PerformerAttention(nnx.Module):
         self.double_scale = bool(double_scale)
         self.key_offset = key_offset
         self.legacy_qr_signs = bool(legacy_qr_signs)
+        self.query_offset, self.padded_keys = query_offset, padded_keys
         self.rng = rngs.attention.fork()
         self.fixed_features = FeatureDraw(self.draw(self.rng()))  # evaluation (and redraw: never)
         self.base_key = nnx.Variable(self.rng())  # every_k_steps: draw p uses fold_in(base_key, p)
@@ -190,4 +224,5 @@ class PerformerAttention(nnx.Module):
 
     def __call__(self, q, k, v, key_mask, *, deterministic: bool):
         return favor_attention(q, k, v, key_mask, self.features(deterministic), feature_eps=self.feature_eps,
-                               double_scale=self.double_scale, key_offset=self.key_offset)
+                               double_scale=self.double_scale, key_offset=self.key_offset,
+                               query_offset=self.query_offset, padded_keys=self.padded_keys)

@@ -13,11 +13,19 @@ O(d d_v) extra memory per head, as elu+1 linear attention.
 Exponentials overflow, so constant shifts are subtracted before exp. They cancel exactly in the
 normalisation and change the result only through eps (and through over/underflow):
 
-- ``offset: max`` (default; the stable form recommended in the reference): each query row is shifted
-  by its own max over d (cancels in that row), the keys by one max over the (real keys, d) of their
-  (example, head) (shared by all keys). Every phi entry is then <= 1 and the largest query entry is
-  exactly 1, so nothing overflows. Only real keys enter the max, so padding cannot change real
-  outputs; an example with no real key gets offset 0 and output 0.
+- ``offset: max`` (default): the keys are shifted per dimension by M_a = max over the real keys of
+  k_ja (one vector per (example, head)), and that shift is folded into the query side, which is then
+  shifted per row by c_i = max_a (q_ia + M_a):
+
+      phi(k_j)_a = exp(k_ja - M_a),   phi(q_i)_a = exp(q_ia + M_a - c_i),   phi(q_i).phi(k_j) = K(q_i, k_j) e^-c_i
+
+  so the shift cancels exactly in row i. Every entry is <= 1 (nothing overflows), and in the
+  dimension a* attaining c_i the query entry is 1 and the key sum is >= 1, so a row's denominator
+  is >= 1 and never underflows, even when queries and keys peak in different dimensions (a shared
+  per-row query max and per-set key max, the earlier form, underflows there: q at +20 in one
+  dimension, k at +30 in another gives a denominator of e^-20 and an output of ~0 next to eps).
+  O(n d) like the rest. Only real keys enter M, so padding cannot change real outputs; an example
+  with no real key gets M = 0 and output 0.
 - ``offset: mean`` (the authors' LinBERT code): one scalar c = mean_{n,d}(q) + mean_{n,d}(k) per
   (example, head) is subtracted from both q and k, with padded positions included in the means.
   It overflows for large activations (|q| ~ 100 gives inf/NaN in fp32) and lets padding shift the
@@ -41,13 +49,15 @@ OFFSETS = ("max", "mean")
 def sikf_offsets(q, k, key_mask, offset: str = "max"):
     """Shifts subtracted from q (per query row) and k (per example and head) before exp.
 
-    Returns ``(q_shift, k_shift)`` broadcastable to q and k: ``(b, n, h, 1)`` and ``(b, 1, h, 1)``.
+    Returns ``(q_shift, k_shift)`` broadcastable to q and k: ``(b, n, h, d)`` and ``(b, 1, h, d)``
+    for ``max`` (per-dimension key maxima folded into the query rows), ``(b, 1, h, 1)`` for ``mean``.
     """
     if offset == "max":
-        q_shift = q.max(axis=-1, keepdims=True)
         real = key_mask[:, :, None, None]
-        k_max = jnp.where(real, k, -jnp.inf).max(axis=(1, 3), keepdims=True)
+        k_max = jnp.where(real, k, -jnp.inf).max(axis=1, keepdims=True)
         k_shift = jnp.where(jnp.isfinite(k_max), k_max, 0.0)  # no real key: any constant will do
+        row_max = (q + k_shift).max(axis=-1, keepdims=True)  # c_i = max_a (q_ia + M_a)
+        q_shift = row_max - k_shift  # q - q_shift = q + M - c_i
     elif offset == "mean":  # authors: mean over length and d, padded positions included
         shared = q.mean(axis=(1, 3), keepdims=True) + k.mean(axis=(1, 3), keepdims=True)
         q_shift = k_shift = shared

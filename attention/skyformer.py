@@ -39,16 +39,23 @@ construction, so evaluation is deterministic given the seed. Differences from th
 each a named flag where results could depend on it (defaults are the corrected forms):
 
 - ``eval_landmarks: resample`` -- the authors redraw landmarks at every forward, evaluation included
-  (tasks doc E5). Here the eval draw then comes from the training stream; because the harness's
-  eval step does not write model state back, one evaluation pass reuses one draw, which changes
-  from one evaluation to the next as training advances the stream.
+  (tasks doc E5). Here the eval draw then comes from the training stream; the harness's eval step
+  carries the RNG state from batch to batch, so every eval batch gets fresh landmarks, as theirs
+  (each pass starts from the training stream's current state and leaves it unchanged).
 - ``shared_landmarks_across_batch: true`` -- the authors draw a single u for the whole batch, so all
   examples of equal length get the same landmark positions (correlated Nystrom errors across the
   batch; expected effect: a noisier batch gradient). Default: an independent u per example.
-- ``pinv_init: global`` -- the authors' pseudo-inverse start takes its maximum over the whole batch
-  and all heads (tasks doc A1); default per matrix. (The shared helper scales by max column sum
-  times max row sum; the Skyformer code divides by the max column sum only. M~ is symmetric with
-  spectral norm 1, so both starts converge; they differ by the factor max colsum(M~), about 1-1.6.)
+- ``pinv_init: global`` -- the authors' pseudo-inverse start exactly: Z_0 = M~^T / max colsum(M~),
+  the maximum taken over the whole batch and all heads (tasks doc A1; src/models/attention_skyformer.py
+  ``iterative_inv``, ``init_option="original"``). The default ``per_matrix`` is the shared helper's
+  start, Z_0 = M~^T / (max colsum x max rowsum) per matrix. M~ is symmetric with spectral norm 1, so
+  both converge; after 6 steps they differ by ~1e-3 relative at initialisation-like scales.
+- ``landmark_positions: raw`` -- the authors' draw: floor(u L_b) taken as a raw position in [0, L_b)
+  (their code assumes right padding). Under a mask with holes (e.g. black pixels masked by
+  ``quirks.pixel_zero_is_padding``) such a landmark can be a masked, zeroed vector, and real tokens
+  after position L_b are never landmarks. Default ``rank``: the floor(u L_b)-th real token. Equal
+  on right-padded inputs. (Their float32 u L_b can round up to L_b with probability ~2^-24 per draw,
+  picking position L_b; here the draw stays in [0, L_b).)
 - The authors hard-code 32^-1/4 as the q/k scale (A8); here d^-1/4 from the input (identical at d=32).
 
 ``inverse: exact`` replaces the iteration by ``jnp.linalg.pinv`` (tests and diagnostics only).
@@ -65,6 +72,7 @@ from attention.base import AttentionSpec, require_choice
 from attention.pseudo_inverse import PINV_INITS, iterative_pinv
 
 EVAL_LANDMARKS = ("fixed", "resample")
+LANDMARK_POSITIONS = ("rank", "raw")
 INVERSES = ("iterative", "exact")
 
 
@@ -138,13 +146,15 @@ def real_positions(key_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def sample_landmarks(key: jax.Array, key_mask: jax.Array, num_landmarks: int,
-                     shared_across_batch: bool = False) -> tuple[jax.Array, jax.Array]:
+                     shared_across_batch: bool = False, positions: str = "rank") -> tuple[jax.Array, jax.Array]:
     """Positions (batch, m // 2) of query landmarks and (batch, m - m // 2) of key landmarks.
 
     u ~ U[0, 1)^m (one per example, or one for the whole batch), index = floor(u L_b) into the
     example's real positions: uniform with replacement over real tokens. An example with no real
-    token gets position 0 (its zeroed vectors), which keeps everything finite.
+    token gets position 0 (its zeroed vectors), which keeps everything finite. ``positions="raw"``:
+    floor(u L_b) is the position itself (the authors' draw; a masked position under holes).
     """
+    require_choice("attention.landmark_positions", positions, LANDMARK_POSITIONS)
     batch = key_mask.shape[0]
     if shared_across_batch:
         u = jnp.broadcast_to(jax.random.uniform(key, (num_landmarks,)), (batch, num_landmarks))
@@ -154,9 +164,9 @@ def sample_landmarks(key: jax.Array, key_mask: jax.Array, num_landmarks: int,
     order, count = real_positions(key_mask)
     rank = jnp.floor(u * count[:, None].astype(u.dtype)).astype(jnp.int32)
     rank = jnp.clip(rank, 0, jnp.maximum(count - 1, 0)[:, None])  # u L_b can round up to L_b
-    positions = jnp.take_along_axis(order, rank, axis=1)
+    picked = rank if positions == "raw" else jnp.take_along_axis(order, rank, axis=1)
     half = num_landmarks // 2
-    return positions[:, :half], positions[:, half:]
+    return picked[:, :half], picked[:, half:]
 
 
 def gather_rows(x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -189,7 +199,9 @@ def skyformer_attention(q, k, v, key_mask, query_landmarks, key_landmarks, *, ga
     if inverse == "exact":
         z = jnp.linalg.pinv(normalized, hermitian=True)
     else:
-        z = iterative_pinv(normalized, pinv_iterations, pinv_init)
+        # the authors' global start divides by the max column sum only (see the module docstring)
+        z = iterative_pinv(normalized, pinv_iterations, pinv_init,
+                           scale="column" if pinv_init == "global" else "column_times_row")
     middle = inv_sqrt_degree[..., :, None] * z * inv_sqrt_degree[..., None, :]  # ~ (M + gamma I)^-1
 
     key_part = gaussian_kernel(k_hat, landmarks) * key_mask[:, None, :, None]  # (b, h, n, m)
@@ -204,19 +216,22 @@ class SkyformerAttention(nnx.Module):
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, num_landmarks: int = 128, gamma: float = 0.1,
                  pinv_iterations: int = 6, pinv_init: str = "per_matrix", eval_landmarks: str = "fixed",
-                 shared_landmarks_across_batch: bool = False, inverse: str = "iterative"):
+                 shared_landmarks_across_batch: bool = False, landmark_positions: str = "rank",
+                 inverse: str = "iterative"):
         del spec  # no parameters; works for any length and head_dim
         if num_landmarks < 2:
             raise ValueError(f"skyformer needs num_landmarks >= 2 (half queries, half keys), got {num_landmarks}")
         require_choice("attention.pinv_init", pinv_init, PINV_INITS)
         require_choice("attention.eval_landmarks", eval_landmarks, EVAL_LANDMARKS)
         require_choice("attention.inverse", inverse, INVERSES)
+        require_choice("attention.landmark_positions", landmark_positions, LANDMARK_POSITIONS)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.num_landmarks, self.gamma = num_landmarks, gamma
         self.pinv_iterations, self.pinv_init, self.inverse = pinv_iterations, pinv_init, inverse
         self.eval_landmarks = eval_landmarks
         self.shared_landmarks_across_batch = shared_landmarks_across_batch
+        self.landmark_positions = landmark_positions
         self.rng = rngs.attention.fork()
         self.eval_key = nnx.Variable(self.rng())  # fixed at construction: deterministic evaluation
 
@@ -227,7 +242,8 @@ class SkyformerAttention(nnx.Module):
 
     def __call__(self, q, k, v, key_mask, *, deterministic: bool):
         query_landmarks, key_landmarks = sample_landmarks(
-            self.landmark_key(deterministic), key_mask, self.num_landmarks, self.shared_landmarks_across_batch)
+            self.landmark_key(deterministic), key_mask, self.num_landmarks, self.shared_landmarks_across_batch,
+            self.landmark_positions)
         return skyformer_attention(q, k, v, key_mask, query_landmarks, key_landmarks, gamma=self.gamma,
                                    pinv_iterations=self.pinv_iterations, pinv_init=self.pinv_init,
                                    inverse=self.inverse)

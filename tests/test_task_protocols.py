@@ -50,3 +50,43 @@ def test_task_attention_overrides_apply_only_to_the_named_attention():
     softmax = _compose("task=image", "attention=softmax")
     assert task_attention_config(softmax) == softmax.attention
     assert task_attention_config(_compose("task=text", "attention=mra2")).patch_order is False
+
+
+# The MRA authors' per-task settings (old_code/LRA/models/mra2/8/config.json and 8-s/config.json):
+# (patch_order from input_shape [32, 32], initial_prior_first_n_blocks, initial_prior_diagonal_n_blocks).
+MRA_PER_TASK = {
+    ("listops", "mra2"): (False, 1, 0), ("text", "mra2"): (False, 1, 1), ("retrieval", "mra2"): (False, 1, 1),
+    ("image", "mra2"): (True, 1, 0), ("pathfinder", "mra2"): (True, 1, 0),
+    ("listops", "mra2_s"): (False, 1, 0), ("text", "mra2_s"): (False, 1, 1), ("retrieval", "mra2_s"): (False, 1, 1),
+    ("image", "mra2_s"): (True, 0, 1), ("pathfinder", "mra2_s"): (True, 1, 1),
+}
+
+
+@pytest.mark.parametrize("task,attention", sorted(MRA_PER_TASK))
+def test_mra_gets_the_authors_per_task_settings(task, attention):
+    from lra.build import task_attention_config
+
+    config = task_attention_config(_compose(f"task={task}", f"attention={attention}"))
+    got = (config.patch_order, config.initial_prior_first_n_blocks, config.initial_prior_diagonal_n_blocks)
+    assert got == MRA_PER_TASK[task, attention]
+
+
+@pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder"])
+def test_pytorch_lineage_turns_on_its_authors_flags_and_other_protocols_do_not(task):
+    from lra.build import task_attention_config
+
+    lineage = {"skyformer": {"pinv_init": "global", "eval_landmarks": "resample",
+                             "shared_landmarks_across_batch": True, "landmark_positions": "raw"},
+               "nystromformer": {"pinv_init": "global", "segment_means": "with_padding"},
+               "linear": {"legacy_unnormalised": True},
+               **{name: {"budget_from": "input", "row_max_over_empty_blocks": True, "selection_scores": "authors",
+                         "authors_stabiliser": True} for name in ("mra2", "mra2_s")},
+               "performer": {"redraw": "never", "double_scale": True, "key_offset": "batch", "legacy_qr_signs": True,
+                             "feature_eps": 1e-4, "query_offset": "projection", "padded_keys": "zeroed"}}
+    for attention, flags in lineage.items():
+        on = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=pytorch_lineage"))
+        off = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=lra_official"))
+        assert {key: on[key] for key in flags} == flags
+        assert all(off[key] != value for key, value in flags.items())
+    mra = task_attention_config(_compose(f"task={task}", "attention=mra2_s", "protocol=pytorch_lineage"))
+    assert mra.patch_order == MRA_PER_TASK[task, "mra2_s"][0]  # the task's own overrides survive the merge

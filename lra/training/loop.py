@@ -74,12 +74,15 @@ def _copy(tree):
 def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, rows=None) -> dict:
     """Loss and accuracy over the (first eval_limit examples of the) split; every example once.
 
-    ``rows``: the batch sharding (None: the default device)."""
+    ``rows``: the batch sharding (None: the default device). The RNG state each batch leaves (changed
+    only by families that draw at evaluation on purpose) goes to the next batch; the caller's state
+    is not changed, so an evaluation pass does not move the training streams."""
     totals = None
     batch_size = cfg.eval_batch_size or cfg.batch_size
     for batch in batching.prefetch_to_device(
             batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, rows):
-        sums = eval_fn(model_state, batch)
+        sums, rng_state = eval_fn(model_state, batch)
+        model_state = nnx.merge_state(model_state, rng_state)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])

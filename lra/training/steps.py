@@ -42,11 +42,18 @@ def make_train_step(model_graph: nnx.GraphDef, optimizer_graph: nnx.GraphDef):
 
 
 def make_eval_step(model_graph: nnx.GraphDef):
+    """(model state, batch) -> (sums, the model's RNG state after the batch).
+
+    Evaluation is deterministic by default and leaves the RNG state as it was; a family whose
+    evaluation draws on purpose (``eval_landmarks: resample``, ``eval_features: resample``) advances
+    its stream, and ``lra.training.loop.evaluate`` feeds the returned state to the next batch, so
+    every batch gets a fresh draw as in the authors' code."""
     def eval_step(model_state, batch):
         model = nnx.merge(model_graph, model_state)
         logits = model(batch["tokens"], deterministic=True)
         loss_sum, correct = weighted_loss_and_correct(logits, batch["labels"], batch["weights"])
-        return {"loss_sum": loss_sum, "correct": correct, "count": batch["weights"].sum()}
+        sums = {"loss_sum": loss_sum, "correct": correct, "count": batch["weights"].sum()}
+        return sums, nnx.state(model, nnx.RngState)
 
     return eval_step
 

@@ -419,3 +419,44 @@ def test_memory_grows_linearly(name):
     # XLA's CPU buffer assignment of the PRF variants jumps once (x2.3-2.7), then grows exactly x2.0.
     (ratio,) = growth_per_doubling(attention, lengths=(2048, 8192), backward=True)
     assert ratio < 5.0, f"{name}: fwd+bwd temp bytes grow x{ratio:.2f} when n grows x4 (linear: 4)"
+
+
+def test_authors_running_stats_reproduce_two_unbiased_batchnorm_updates_per_call():
+    """running_stats=authors: PyTorch BatchNorm1d (momentum 0.1) run twice per training call on the
+    same noise (once for queries, once for keys), unbiased variance in the running statistics.
+    Written from those semantics in float64; the training output is unchanged, evaluation after one
+    training call differs from the default single biased update."""
+    noise = np.random.default_rng(4).normal(size=(24, 8))
+    results = {}
+    with jax.enable_x64(True):
+        modules = {mode: make_attention("kl_generator_rks", SPEC, running_stats=mode, num_samples=24)
+                   for mode in ("authors", "single")}
+        randomise_parameters(modules["authors"], 2, scale=0.3)
+        nnx.update(modules["single"], nnx.state(modules["authors"], nnx.Param))  # the same parameters
+        for mode, attention in modules.items():
+            train_out = np.asarray(attention.frequencies({"noise": jnp.asarray(noise)}, deterministic=False))
+            eval_out = np.asarray(attention.frequencies({"noise": jnp.asarray(noise)}, deterministic=True))
+            results[mode] = (attention, train_out, eval_out)
+    attention, train_out, eval_out = results["authors"]
+    g = attention.generator
+    (linear,), (norm,) = list(g.hidden), list(g.norms)
+    hidden = noise @ np.asarray(linear.kernel[...], np.float64) + np.asarray(linear.bias[...], np.float64)
+    scale, bias = np.asarray(norm.scale[...], np.float64), np.asarray(norm.bias[...], np.float64)
+    leaky = lambda x: np.where(x > 0, x, 0.01 * x)
+    head = lambda x: np.tanh(x @ np.asarray(g.output.kernel[...], np.float64) + np.asarray(g.output.bias[...], np.float64))
+    batch_mean, batch_var = hidden.mean(0), hidden.var(0)
+    running_mean, running_var = np.zeros(hidden.shape[1]), np.ones(hidden.shape[1])
+    for _ in range(2):  # torch: running = (1 - 0.1) running + 0.1 batch, var unbiased
+        running_mean = 0.9 * running_mean + 0.1 * batch_mean
+        running_var = 0.9 * running_var + 0.1 * hidden.var(0, ddof=1)
+    np.testing.assert_allclose(np.asarray(norm.mean[...]), running_mean, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(norm.var[...]), running_var, rtol=1e-12)
+    trained = head(leaky((hidden - batch_mean) / np.sqrt(batch_var + 1e-5) * scale + bias))
+    np.testing.assert_allclose(train_out, trained, rtol=1e-9, atol=1e-12)
+    evaluated = head(leaky((hidden - running_mean) / np.sqrt(running_var + 1e-5) * scale + bias))
+    np.testing.assert_allclose(eval_out, evaluated, rtol=1e-9, atol=1e-12)
+    single, single_train, single_eval = results["single"]
+    np.testing.assert_allclose(single_train, train_out, rtol=1e-6, atol=1e-7)  # training is unchanged
+    assert np.abs(single_eval - eval_out).max() > 1e-3
+    single_mean = np.asarray(list(single.generator.norms)[0].mean[...])
+    np.testing.assert_allclose(1 - single_mean / running_mean, 1 - 0.1 / 0.19, rtol=1e-6)  # 0.47

@@ -315,3 +315,123 @@ def test_memory_grows_linearly_while_softmax_is_quadratic():
     assert all(r < 2.5 for name in ("mra2", "mra2_s") for r in ratios[name]), message
     # softmax fwd+bwd: XLA reuses buffers at 1K, so judge its growth over the two doublings (x16 = n^2)
     assert ratios["softmax"][0] * ratios["softmax"][1] > 8.0, message
+
+
+# --- the authors' released computation ------------------------------------------------------------
+
+def authors_mra2(q, k, v, mask, *, num_blocks, mode, first_n, diag_n):
+    """The authors' mra2_attention (mra2_kernel/attention.py with its CUDA index_max), written from
+    its steps in float64 numpy for 32-token blocks. (b, n, h, d) in and out."""
+    q, k, v = (np.transpose(np.asarray(t, np.float64), (0, 2, 1, 3)) for t in (q, k, v))
+    b, h, n, d = q.shape
+    bs, nb = 32, n // 32
+    padded = not mask.all()  # their mask is None when nothing in the batch is padded
+    tok = mask.astype(np.float64)
+    if padded:
+        q, k, v = (t * tok[:, None, :, None] for t in (q, k, v))
+    count = tok.reshape(b, nb, bs).sum(-1)
+    denom = (count + 1e-6) if padded else np.full((b, nb), float(bs))
+    qh, kh, vh = (t.reshape(b, h, nb, bs, d).sum(-2) / denom[:, None, :, None] for t in (q, k, v))
+    low = qh @ np.swapaxes(kh, -1, -2) / np.sqrt(d)
+    row_max = low.max(-1, keepdims=True)
+    if padded:
+        low = low - 1e4 * ((count[:, None, :] * count[:, :, None]) < 0.5)[:, None]
+    scores = low - row_max
+    r, c = np.arange(nb)[:, None], np.arange(nb)[None, :]
+    if diag_n > 0:
+        scores = scores + 5e3 * (np.abs(r - c) <= diag_n // 2)
+    if first_n > 0:
+        scores = scores + 5e3 * (r < first_n) + 5e3 * (c < first_n)
+    out = np.zeros_like(q)
+    for bi in range(b):
+        for hi in range(h):
+            flat = scores[bi, hi].reshape(-1)
+            chosen = np.argsort(-flat, kind="stable")[:num_blocks]
+            threshold = flat[chosen].min()
+            token_max = np.full(n, -1e5)  # their index_max starts from int -1e8 / 1000
+            logits = {}
+            for idx in chosen:
+                row, col = divmod(int(idx), nb)
+                s = q[bi, hi, row * bs:(row + 1) * bs] @ k[bi, hi, col * bs:(col + 1) * bs].T / np.sqrt(d)
+                logits[row, col] = s
+                block_max = np.trunc(s.max(-1) * 1000) / 1000  # (int)(x * 1000) / 1000
+                token_max[row * bs:(row + 1) * bs] = np.maximum(token_max[row * bs:(row + 1) * bs], block_max)
+            hi_out, hi_norm = np.zeros((n, d)), np.zeros(n)
+            for (row, col), s in logits.items():
+                rows = slice(row * bs, (row + 1) * bs)
+                s = s - token_max[rows, None]
+                if padded:
+                    s = s - 1e4 * (1 - tok[bi, col * bs:(col + 1) * bs])[None, :]
+                attn = np.exp(s)
+                hi_out[rows] += attn @ v[bi, hi, col * bs:(col + 1) * bs]
+                hi_norm[rows] += attn.sum(-1)
+            if mode == "full":
+                selected = (scores[bi, hi] >= threshold).astype(np.float64)
+                lo_attn = np.exp(low[bi, hi] - row_max[bi, hi] - 1e4 * selected) * count[bi][None, :]
+                lo_out = np.repeat(lo_attn @ vh[bi, hi], bs, axis=0)
+                lo_norm = np.repeat(lo_attn.sum(-1), bs)
+                correction = np.repeat(row_max[bi, hi, :, 0], bs) - token_max
+                if padded:
+                    correction = correction * tok[bi]
+                lo_corr = np.exp(correction * (correction <= 0))
+                hi_corr = np.exp(-correction * (correction > 0))
+                result = ((hi_out * hi_corr[:, None] + lo_out * lo_corr[:, None])
+                          / (hi_norm * hi_corr + lo_norm * lo_corr + 1e-6)[:, None])
+            else:
+                result = hi_out / (hi_norm + 1e-6)[:, None]
+            out[bi, hi] = result * (tok[bi][:, None] if padded else 1.0)
+    return np.transpose(out, (0, 2, 1, 3))
+
+
+AUTHORS_FORM = dict(budget_from="input", row_max_over_empty_blocks=True, selection="global",
+                    selection_scores="authors", authors_stabiliser=True)
+
+
+def _authors_case(seed=0):
+    """4 blocks of 32; example 0: the last block empty and holes; example 1: partly padded last block.
+    Half the heads' queries and keys point in opposite directions, so their real logits sit near -8
+    and the padded keys' logit 0 sets the authors' row max (where their +1e-6 shows)."""
+    rng = np.random.default_rng(seed)
+    b, n, h, d = 2, 128, 2, 4
+    q, k, v = (rng.normal(size=(b, n, h, d)) for _ in range(3))
+    direction = np.array([1.0, 1.0, 0.0, 0.0]) * 2.83  # q.k / sqrt(d) ~ -8
+    q[:, :, 1] = 0.3 * q[:, :, 1] + direction
+    k[:, :, 1] = 0.3 * k[:, :, 1] - direction
+    mask = np.ones((b, n), bool)
+    mask[0, 96:] = False
+    mask[0, [3, 40, 41, 77]] = False
+    mask[1, 110:] = False
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("mode", ["full", "sparse"])
+def test_authors_form_flags_reproduce_the_released_mra2_on_padding_and_holes(mode):
+    """budget_from=input, row_max_over_empty_blocks, selection=global, selection_scores=authors and
+    authors_stabiliser equal the authors' computation in float64 (1e-9) with priors (1, 1), whose
+    forced blocks (10) exceed the budget (8); the default form differs on these padded inputs."""
+    q, k, v, mask = _authors_case()
+    priors = dict(initial_prior_first_n_blocks=1, initial_prior_diagonal_n_blocks=1)
+    with jax.enable_x64(True):
+        ours = _run(q, k, v, mask, block_per_row=2, approx_mode=mode, **priors, **AUTHORS_FORM)
+        default = _run(q, k, v, mask, block_per_row=2, approx_mode=mode, **priors,
+                       **{**AUTHORS_FORM, "authors_stabiliser": False})
+    reference = authors_mra2(q, k, v, mask, num_blocks=8, mode=mode, first_n=1, diag_n=1)
+    real = mask[:, :, None, None]
+    np.testing.assert_allclose(ours * real, reference * real, rtol=1e-9, atol=1e-12)
+    assert np.abs((default - reference) * real).max() > 1e-5 * np.abs(reference * real).max()
+
+
+def test_authors_scores_boost_a_block_once_per_prior_set():
+    """Priors (1, 1) on 4 blocks force 10 pairs into a budget of 8. The authors add 5e3 per set, so
+    (0, 0) (diagonal, first row and first column) always survives; one boost per forced block lets
+    the low-resolution logits decide, and a low L(0, 0) drops it."""
+    logits = np.random.default_rng(5).normal(size=(1, 1, 4, 4))
+    logits[0, 0, 0, 0] = -5.0
+    counts = jnp.full((1, 4), 32.0)
+    picked = {}
+    for form in ("ranked", "authors"):
+        scores, _ = selection_scores(jnp.asarray(logits), counts, first_n=1, diagonal_n=1, scores_form=form)
+        rows, cols, _ = select_blocks(scores, counts, 2, budget_from="input")
+        picked[form] = set(zip(np.asarray(rows).ravel().tolist(), np.asarray(cols).ravel().tolist()))
+    assert (0, 0) in picked["authors"] and (0, 0) not in picked["ranked"]
+    assert len(picked["authors"]) == len(picked["ranked"]) == 8

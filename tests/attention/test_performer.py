@@ -310,3 +310,70 @@ def test_bad_knobs_name_the_key(knob, value):
     with pytest.raises(ValueError, match=f"attention.{knob}"):
         PerformerAttention(AttentionSpec(num_heads=1, head_dim=8, max_length=8), rngs=nnx.Rngs(attention=0),
                            **{knob: value})
+
+
+# --- the PyTorch LRA harnesses' Performer ----------------------------------------------------------
+
+def pytorch_harness_reference(q, k, v, mask, w, eps=1e-4):
+    """The Nystromformer/Skyformer harness's Performer (Skyformer src/models/attention_performer.py:
+    a wrapper around the vendored lucidrains FastAttention), written from its steps in float64 numpy.
+
+    The wrapper divides q and k by d^1/4 and zeroes K and V at padded positions; the feature map scales
+    by d^-1/4 again, subtracts |x|^2/2 and a stabiliser (queries: the row max of the projection W x
+    only; keys: one max of W x over the whole tensor, zeroed keys included) and adds eps inside
+    ratio * (exp(.) + eps); the linear attention divides by phi(q) . sum over ALL keys of phi(k)."""
+    q, k, v = (np.transpose(np.asarray(t, np.float64), (0, 2, 1, 3)) for t in (q, k, v))  # (b, h, n, d)
+    w = np.asarray(w, np.float64)
+    d, ratio = q.shape[-1], w.shape[0] ** -0.5
+    real = mask[:, None, :, None].astype(np.float64)
+    q, k, v = q / d ** 0.25, k / d ** 0.25 * real, v * real
+    normalizer = d ** -0.25
+
+    def projected(x):
+        return np.einsum("bhid,jd->bhij", normalizer * x, w), (x ** 2).sum(-1, keepdims=True) / 2 * normalizer ** 2
+
+    dash_q, diag_q = projected(q)
+    phi_q = ratio * (np.exp(dash_q - diag_q - dash_q.max(-1, keepdims=True)) + eps)
+    dash_k, diag_k = projected(k)
+    phi_k = ratio * (np.exp(dash_k - diag_k - dash_k.max()) + eps)
+    denominator = np.einsum("bhnm,bhm->bhn", phi_q, phi_k.sum(-2))
+    out = np.einsum("bhnm,bhme->bhne", phi_q, np.einsum("bhnm,bhne->bhme", phi_k, v)) / denominator[..., None]
+    return np.transpose(out, (0, 2, 1, 3))
+
+
+PYTORCH_HARNESS = dict(redraw="never", double_scale=True, key_offset="batch", legacy_qr_signs=True,
+                       feature_eps=1e-4, query_offset="projection", padded_keys="zeroed")
+
+
+def test_pytorch_harness_flag_set_reproduces_it_on_padding_and_holes():
+    """The documented flag set equals the harness in float64 (1e-10) with 8 of 12 keys padded and with
+    holes; without query_offset/padded_keys the gap is large (the audit measured 1.49 relative)."""
+    q, k, v = _inputs(21, batch=3, length=12, dim=8, scale=1.5)
+    mask = np.ones((3, 12), bool)
+    mask[0, 4:] = False  # 8 of 12 keys padded
+    mask[1, [1, 5, 6, 9]] = False  # holes
+    with jax.enable_x64(True):
+        attention = _performer(num_features=16, **PYTORCH_HARNESS)
+        w = np.asarray(attention.fixed_features[...])
+        args = [jnp.asarray(t, jnp.float64) for t in (q, k, v)] + [jnp.asarray(mask)]
+        ours = np.asarray(attention(*args, deterministic=True))
+        older = np.asarray(_performer(num_features=16, **{**PYTORCH_HARNESS, "query_offset": "exponent",
+                                                          "padded_keys": "excluded"})(*args, deterministic=True))
+    reference = pytorch_harness_reference(q, k, v, mask, w)
+    real = mask[:, :, None, None]
+    np.testing.assert_allclose(ours * real, reference * real, rtol=1e-10, atol=1e-12)
+    assert _relative_error(older[0] * real[0], reference[0] * real[0]) > 0.1
+
+
+def test_projection_query_offset_loses_large_queries_dependence_on_the_query():
+    """Google's and lucidrains' eps placement: exp(W q~ - |q~|^2/2 - max W q~) + eps. For a large-norm
+    query every exp term falls far below eps, phi(q) -> eps (1,..,1), so every such query gets the
+    same output (a fixed key-weighted mean of the values); the default (offset by the exponent's max)
+    keeps each query's own weights."""
+    q, k, v = (jnp.asarray(t, jnp.float32) for t in _inputs(22, batch=1, length=10, scale=1.0))
+    mask = jnp.ones((1, 10), bool)
+    big = q * 12.0
+    for offset, loses in (("projection", True), ("exponent", False)):
+        out = np.asarray(_performer(num_features=64, query_offset=offset)(big, k, v, mask, deterministic=True))
+        spread = np.abs(out - out[:, :1]).max()  # differences between the query positions' outputs
+        assert (spread < 1e-4) == loses, (offset, spread)

@@ -19,8 +19,8 @@ SPEC = AttentionSpec(num_heads=2, head_dim=4, max_length=9)
 def sikf_reference(q, k, v, key_mask, eps=1e-6, offset="none"):
     """Explicit double sum over queries and real keys of K(q, k) = sum_a exp(q_a + k_a), float64.
 
-    ``offset`` applies the module's shifts, written out independently: ``max`` = per-query max over
-    d and max over the real keys' entries; ``mean`` = mean(q) + mean(k) over all positions and d,
+    ``offset`` applies the module's shifts, written out independently: ``max`` = per-dimension max
+    M_a over the real keys, folded into the query row's shift c_i = max_a (q_ia + M_a); ``mean`` = mean(q) + mean(k) over all positions and d,
     subtracted from both; ``none`` = raw exp.
     """
     q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
@@ -29,18 +29,16 @@ def sikf_reference(q, k, v, key_mask, eps=1e-6, offset="none"):
     for b in range(batch):
         real = [j for j in range(n) if key_mask[b][j]]
         for h in range(heads):
-            key_shift, query_shift = 0.0, np.zeros(n)
+            row_shift = np.zeros(n)  # subtracted from q_ia + k_ja
             if offset == "max":
-                key_shift = max((k[b, j, h, a] for j in real for a in range(d)), default=0.0)
-                query_shift = np.array([max(q[b, i, h]) for i in range(n)])
+                key_max = [max((k[b, j, h, a] for j in real), default=0.0) for a in range(d)]
+                row_shift = np.array([max(q[b, i, h, a] + key_max[a] for a in range(d)) for i in range(n)])
             elif offset == "mean":
-                shared = q[b, :, h].mean() + k[b, :, h].mean()
-                key_shift, query_shift = shared, np.full(n, shared)
+                row_shift = np.full(n, 2 * (q[b, :, h].mean() + k[b, :, h].mean()))
             for i in range(n):
                 numerator, denominator = np.zeros(v.shape[-1]), 0.0
                 for j in real:
-                    kernel = sum(np.exp(q[b, i, h, a] - query_shift[i] + k[b, j, h, a] - key_shift)
-                                 for a in range(d))
+                    kernel = sum(np.exp(q[b, i, h, a] + k[b, j, h, a] - row_shift[i]) for a in range(d))
                     numerator += kernel * v[b, j, h]
                     denominator += kernel
                 out[b, i, h] = numerator / (denominator + eps)
@@ -155,3 +153,21 @@ def test_memory_grows_linearly():
     attention = make_attention("sikf", AttentionSpec(num_heads=2, head_dim=16, max_length=2048))
     ratios = growth_per_doubling(attention, backward=True)
     assert all(r < 2.5 for r in ratios), f"fwd+bwd temp bytes ratio per doubling of n (512->2048): {ratios}"
+
+
+def test_queries_and_keys_peaking_in_different_dimensions_do_not_underflow():
+    """q at +20 in one dimension, k at +30 in another: a per-row query max with a per-set key max
+    leaves a denominator of e^-20 next to eps (output ~0); the per-dimension key maxima folded into
+    the query rows keep the row's denominator >= 1, so fp32 matches the exact float64 form."""
+    n, d = 6, 4
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(1, n, 1, d)) * 0.1
+    k = rng.normal(size=(1, n, 1, d)) * 0.1
+    q[..., 0] += 20.0
+    k[..., 1] += 30.0
+    v = rng.normal(size=(1, n, 1, d))
+    mask = np.array([[True, True, False, True, True, False]])
+    out = np.asarray(sikf_attention(*(jnp.asarray(t, jnp.float32) for t in (q, k, v)), jnp.asarray(mask)))
+    exact = sikf_reference(q, k, v, mask, eps=0.0)  # raw exp in float64: the kernel's own value
+    assert np.abs(exact).max() > 0.1
+    np.testing.assert_allclose(out, exact, rtol=1e-4, atol=1e-5)

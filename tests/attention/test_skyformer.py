@@ -277,3 +277,76 @@ def test_kernelized_memory_grows_quadratically():
     attention = _module("kernelized", dim=8, length=1024)
     ratios = growth_per_doubling(attention, lengths=(256, 512, 1024), heads=1, head_dim=8, backward=True)
     assert all(3.0 < r < 5.0 for r in ratios), f"fwd+bwd temp bytes per doubling 256->512->1K: {ratios}"
+
+
+def authors_skyformer(q, k, v, mask, u, gamma=0.1, iterations=6):
+    """The released Skyformer forward (src/models/attention_skyformer.py), written from its steps in
+    float64 numpy, given its one uniform draw u (shared by the batch). Layout (b, n, h, d) in and out."""
+    q, k, v = (np.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))  # their (b, h, n, d)
+    b, h, n, d = q.shape
+    real = mask[:, None, :, None].astype(np.float64)
+    q, k, v = q * real * 32 ** -0.25, k * real * 32 ** -0.25, v * real  # their hard-coded 32^-1/4
+    count = mask.sum(-1)
+    picks = np.floor(count[:, None] * u[None, :]).astype(np.int64)  # raw positions in [0, L_b)
+    picks[:, len(u) // 2:] += n  # second half: rows of the key block of X = [Q; K]
+    stacked = np.concatenate([q, k], axis=2)  # (b, h, 2n, d)
+    chosen = np.stack([stacked[i][:, picks[i]] for i in range(b)])  # (b, h, m, d)
+    half_x = 0.5 * (stacked ** 2).sum(-1)
+    half_s = 0.5 * (chosen ** 2).sum(-1)
+    sketch = np.exp(np.einsum("bhnd,bhmd->bhnm", stacked, chosen) - half_x[..., :, None] - half_s[..., None, :])
+    query_side, key_side = sketch[:, :, :n], sketch[:, :, n:]
+    small = np.stack([sketch[i][:, picks[i]] for i in range(b)]) + gamma * np.eye(len(u))  # (b, h, m, m)
+    inv_sqrt = np.sqrt(1.0 / small.sum(-1))
+    small = inv_sqrt[..., :, None] * small * inv_sqrt[..., None, :]
+    z = np.swapaxes(small, -1, -2) / small.sum(-2).max()  # their "original" start: one max for everything
+    eye = np.eye(len(u))
+    for _ in range(iterations):
+        kz = small @ z
+        z = (0.25 * z) @ (13 * eye - kz @ (15 * eye - kz @ (7 * eye - kz)))
+    key_side = ((key_side * inv_sqrt[..., None, :]) @ z) * inv_sqrt[..., None, :] * real
+    out = query_side @ np.einsum("bhnm,bhne->bhme", key_side, v)
+    return np.transpose(out, (0, 2, 1, 3))
+
+
+def _holes_and_padding(batch=3, length=16, seed=0):
+    """Right padding with holes (as pixel_zero_is_padding makes), holes only, and a full row."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((batch, length)) > 0.4
+    mask[0, 11:] = False
+    mask[:, 0] = True
+    mask[-1] = True
+    return mask
+
+
+def test_authors_flags_reproduce_the_released_skyformer_on_padding_and_holes():
+    """pinv_init=global, shared_landmarks_across_batch, landmark_positions=raw: equal to the authors'
+    forward (float64, 1e-10); the default rank draw differs once the mask has holes."""
+    length, m = 16, 8
+    q, k, v, _ = _inputs(seed=11, batch=3, length=length, dim=32)
+    mask = _holes_and_padding(length=length)
+    authors = dict(pinv_init="global", shared_landmarks_across_batch=True, landmark_positions="raw")
+    with jax.enable_x64(True):
+        attention = _module("skyformer", dim=32, length=length, num_landmarks=m, **authors)
+        u = np.asarray(jax.random.uniform(attention.eval_key[...], (m,)))
+        ours = np.asarray(_call(attention, *map(jnp.asarray, (q, k, v, mask))))
+        default = _module("skyformer", dim=32, length=length, num_landmarks=m,
+                          shared_landmarks_across_batch=True, pinv_init="global")
+        by_rank = np.asarray(_call(default, *map(jnp.asarray, (q, k, v, mask))))
+    assert u.dtype == np.float64
+    reference = authors_skyformer(q, k, v, mask, u)
+    real = mask[:, :, None, None]
+    scale = np.abs(reference * real).max()
+    np.testing.assert_allclose(ours * real, reference * real, rtol=1e-10, atol=1e-10 * scale)
+    holes = ~mask[0, :11].all() or ~mask[1].all()
+    assert holes and np.abs((by_rank - reference) * real).max() > 1e-3 * scale
+
+
+def test_skyformer_global_start_is_the_max_column_sum_and_nystromformer_keeps_its_own():
+    from attention.pseudo_inverse import pinv_initial
+    matrix = np.random.default_rng(0).random((2, 3, 5, 5)) + 0.1
+    with jax.enable_x64(True):
+        skyformer_start = np.asarray(pinv_initial(jnp.asarray(matrix), "global", scale="column"))
+        nystrom_start = np.asarray(pinv_initial(jnp.asarray(matrix), "global"))
+    transposed = np.swapaxes(matrix, -1, -2)
+    np.testing.assert_allclose(skyformer_start, transposed / matrix.sum(-2).max(), rtol=1e-14)
+    np.testing.assert_allclose(nystrom_start, transposed / (matrix.sum(-2).max() * matrix.sum(-1).max()), rtol=1e-14)
