@@ -102,6 +102,12 @@ FIELDS: tuple[Field, ...] = tuple([
     *_fields("run", int,
              ("steps", "train.steps"), ("batch_size", "train.batch_size (global)"),
              ("max_length", "task.max_length")),
+    *_fields("run", int,
+             ("grad_accum_steps", "micro-batches whose gradients make one update (train.grad_accum_steps, or "
+                                  "chosen by train.micro_batch); the global batch is batch_size either way"),
+             ("micro_batch_size", "rows per micro-batch: batch_size / grad_accum_steps")),
+    Field("micro_batch_auto", bool, "run", "the micro-batch was chosen from XLA's compiled memory "
+                                           "(train.micro_batch=auto)"),
     Field("dtype", str, "run", "model.dtype: compute dtype"),
     *_fields("code", str,
              ("attention_target", "the attention's _target_ (module.Class)"),

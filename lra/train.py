@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lra.atomic_files import atomic_write_text
 from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
 from lra.checkpointing import EXIT_PREEMPTED, Preempted, RunCheckpoints, StopRequest, read_run_info
+from lra.cpu_guard import CpuRunRefused, cpu_guard
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import count_parameters
@@ -109,9 +110,10 @@ def run(cfg: DictConfig) -> dict:
 
     With checkpoints on, a rerun of an unfinished run resumes it and a rerun of a finished one
     returns the stored record. SIGTERM/SIGINT checkpoint and raise ``Preempted``; a diverged run
-    gets a record with ``status: diverged`` and no accuracies; any other exception writes a record
-    with ``status: failed`` (its one-line summary and the log path) and propagates. Only process 0
-    writes anything.
+    gets a record with ``status: diverged`` and no accuracies; a full protocol on a CPU raises
+    ``CpuRunRefused`` before training (no record: nothing ran; ``allow_cpu=true`` runs it); any other
+    exception writes a record with ``status: failed`` (its one-line summary and the log path) and
+    propagates. Only process 0 writes anything.
     """
     attention_name = str(cfg.attention.get("name") or "unnamed")
     if cfg.get("positional_bias") is not None:  # a bias add-on makes a different model: its own row
@@ -124,7 +126,7 @@ def run(cfg: DictConfig) -> dict:
               "sweep_id": os.environ.get(SWEEP_ID_VARIABLE)}
     try:
         return _train(cfg, record, run_dir)
-    except (Preempted, KeyboardInterrupt):
+    except (Preempted, KeyboardInterrupt, CpuRunRefused):
         raise
     except Exception as error:
         log.exception("%s/%s seed %s failed", cfg.task.name, attention_name, cfg.seed)
@@ -203,7 +205,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
                 metrics = train_and_evaluate(model, optimizer, learning_rate,
                                              {split: cache[split] for split in ("train", "val", "test")},
                                              loop_cfg, sinks.log if sinks else _discard, progress,
-                                             checkpoints=checkpoints, stop=stop)
+                                             checkpoints=checkpoints, stop=stop, guard=cpu_guard(cfg, label))
                 outcome = {"status": "ok"}
             except DivergenceError as error:
                 log.error("%s: %s", label, error)
@@ -270,6 +272,8 @@ def main(cfg: DictConfig) -> float:
         record = run(cfg)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)  # checkpoint saved; a rerun (or SLURM requeue) continues
+    except CpuRunRefused as refused:  # before training; ends a sweep too (each run would refuse)
+        sys.exit(f"lra: {refused}")
     except Exception as error:  # recorded as failed by run()
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise  # a single run exits non-zero with the traceback
