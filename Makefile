@@ -98,9 +98,11 @@ $(STAMP): requirements/lock.txt $(VARIANT_REQUIREMENTS) pyproject.toml $(if $(fi
 	$(PIP_INSTALL) --no-deps -e .
 	echo $(VARIANT) > $@
 
-# Installs (when needed) and shows what JAX sees; fails unless the variant's accelerator is visible.
+# Installs when needed. `make install` itself then shows what JAX sees and fails unless the variant's
+# accelerator is visible; as another target's prerequisite it only installs (e.g. `make data` on a
+# login node without a GPU).
 install: $(STAMP)
-	@$(PY) -m lra.accelerator --expect $(EXPECT_BACKEND) | sed 's/^/install: /'; exit $${PIPESTATUS[0]}
+	@$(if $(filter install,$(MAKECMDGOALS)),$(PY) -m lra.accelerator --expect $(EXPECT_BACKEND) | sed 's/^/install: /'; exit $${PIPESTATUS[0]})
 
 # Every wheel the variant needs (those without a wheel on the index built here) -> WHEELHOUSE.
 wheelhouse:
@@ -110,24 +112,24 @@ wheelhouse:
 
 FORCE:
 
-sweep: $(STAMP)
+sweep: install
 	@attentions="$(ATTENTION)"; \
 	if [ -z "$$attentions" ]; then attentions=$$($(KERNEL_ENV) $(PY) -m lra.registry --runnable) || exit 1; fi; \
 	echo "sweep: tasks=$(TASK) protocol=$(PRESET) attentions=$$attentions seeds=$(SEED_LIST)"; \
 	$(KERNEL_ENV) $(PY) -m lra.train --multirun task=$(TASK) protocol=$(PRESET) attention=$$attentions \
 		seed=$(SEED_LIST) hydra/launcher=$(LAUNCHER_CONFIG) $(KERNEL_ARGS) $(ARGS)
 
-run: $(STAMP)
+run: install
 	$(KERNEL_ENV) $(PY) -m lra.train task=$(TASK) protocol=$(PRESET) attention=$(or $(ATTENTION),softmax) \
 		$(KERNEL_ARGS) $(ARGS)
 
-data: $(STAMP)
+data: install
 	$(PY) -m lra.prepare_data task=$(TASK) protocol=$(PRESET) $(ARGS)
 
-leaderboard: $(STAMP)
+leaderboard: install
 	$(PY) -m lra.leaderboard $(if $(RESULTS),--results-dir $(RESULTS),--root results)
 
-reproduce: $(STAMP)
+reproduce: install
 	$(KERNEL_ENV) $(PY) -m lra.reproduce --table $(TABLE) $(REPRODUCE_ARGS)
 
 # Debian's Chromium for the leaderboard page test (tests/test_leaderboard_html.py), when absent.
@@ -139,21 +141,21 @@ browser:
 	echo "make browser: installing Debian's chromium"; \
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
-bench: $(STAMP)
+bench: install
 	$(PY) -m lra.bench.efficiency --lengths $(LENGTHS) --mode $(MODE) --dtype $(DTYPE) --batch $(BATCH) \
 		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
 
 # approx sweeps LENGTHS up to 4096 unless given (its O(n^2) targets are computed on the host device).
-approx: $(STAMP)
+approx: install
 	$(PY) -m lra.bench.approximation --lengths $(if $(filter command line environment,$(origin LENGTHS)),$(LENGTHS),256,512,1024,2048,4096) \
 		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
 
 # Tests run in parallel worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto
-test: $(STAMP) browser
+test: install browser
 	WANDB_MODE=offline $(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
-test-slow: $(STAMP) browser
+test-slow: install browser
 	WANDB_MODE=offline $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow"
 
 # Re-resolve the pinned set after editing requirements/base.in.
@@ -165,7 +167,7 @@ lock:
 	  /tmp/lra-lock-venv/bin/pip freeze; } > requirements/lock.txt
 
 # Re-resolve requirements/{cuda12,cuda13,tpu}.txt (the jax[...] extras of the pinned jax).
-lock-variants: $(STAMP)
+lock-variants: install
 	$(PY) scripts/lock_variants.py
 
 clean:
