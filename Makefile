@@ -1,6 +1,7 @@
 # lra: Long Range Arena harness. `make help` lists the targets.
 #   make sweep TASK=listops PRESET=smoke    every registered attention on ListOps, CPU-sized
 #   make test                               the test suite (no network, CPU)
+#   make install CUDA=12                    the GPU build of jax (CUDA=13, TPU=1); docs/scaling.md
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
