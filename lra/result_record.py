@@ -87,7 +87,7 @@ FIELDS: tuple[Field, ...] = tuple([
              ("host_overhead", "step_time_pipeline_s / step_time_resident_s - 1"),
              ("examples_per_s", "batch_size / step_time_median_s"),
              ("tokens_per_s", "batch_size * max_length / step_time_median_s (padded tokens)"),
-             ("compile_time_s", "compile time of the train step"),
+             ("compile_time_s", "compile time of the train step (micro_batch=auto: of every candidate tried)"),
              ("eval_compile_time_s", "compile time of the eval step"),
              ("flops_per_step", "XLA's cost analysis of the compiled train step")),
     *_fields("cost", int,

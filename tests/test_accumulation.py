@@ -215,3 +215,14 @@ def test_remat_gives_the_same_outputs_and_gradients(compose):
 def test_remat_reaches_both_towers_of_a_dual_encoder(compose):
     model, _ = _parts(compose, "task=retrieval", "model.remat=true")
     assert model.tower.remat and not _parts(compose, "task=retrieval")[0].tower.remat
+
+
+def test_memory_plan_compiles_without_data_and_names_the_fitting_micro_batch(tmp_path):
+    from lra.memory_plan import plan
+    from tests.conftest import TINY_OVERRIDES
+
+    result = plan([*TINY_OVERRIDES, f"paths.data_dir={tmp_path}"], [1000.0], vocab_size=20)
+    [(micro, steps, needed)] = result["rows"]  # the whole batch fits 1000 GiB: one compile, then stop
+    assert (micro, steps) == (8, 1) and 0 < needed < 2**30 and result["fits"] == {1000.0: 8}
+    assert "smoke listops/softmax: batch 8 x 64 tokens" in result["config"]
+    assert not any(tmp_path.iterdir())  # no data was read or prepared

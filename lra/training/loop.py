@@ -1,7 +1,10 @@
 """The training loop: one readable function from (model, optimizer, data) to a run's metrics.
 
     resume from the newest checkpoint if there is one (states, step, metrics so far)
-    compile train and eval steps once (ahead of time, timed, memory-analysed, data-parallel)
+    compile train and eval steps once (ahead of time, timed, memory-analysed, data-parallel; the
+        train step sums micro-batches when train.grad_accum_steps / train.micro_batch ask for it,
+        micro_batch=auto compiles candidates until one fits: lra.training.accumulation)
+    on a CPU, a protocol not sized for it stops here with a time estimate (lra.cpu_guard)
     for step in start+1..steps:
         state = train_step(state, next prefetched batch)        # no host sync here
         every log_every steps: fetch the window's metrics (one sync), time the window,
