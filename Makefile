@@ -1,13 +1,36 @@
 # lra: Long Range Arena harness. `make help` lists the targets.
 #   make sweep TASK=listops PRESET=smoke    every registered attention on ListOps, CPU-sized
 #   make test                               the test suite (no network, CPU)
+#   make install CUDA=12                    the GPU build of jax (CUDA=13, TPU=1); docs/scaling.md
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CUDA=12 installs the GPU build of jax (requirements/cuda.txt) into the venv.
+# The JAX variant `make install` puts into the venv: CUDA=12 | CUDA=13 (requirements/cuda12.txt,
+# cuda13.txt) or TPU=1 (requirements/tpu.txt); neither: CPU. Other targets keep the installed variant.
 CUDA ?=
+TPU ?=
+# A folder of wheels made by `make wheelhouse` (on a machine with network): `make install
+# WHEELHOUSE=<dir>` installs from it alone, without network (docs/scaling.md). For `make wheelhouse`
+# it is the folder written (default: wheelhouse/). WHEEL_PYTHON / WHEEL_PLATFORM collect for
+# another machine, e.g. WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_2_28_x86_64.
+WHEELHOUSE ?=
+WHEEL_PYTHON ?=
+WHEEL_PLATFORM ?=
+$(if $(filter-out 12 13,$(CUDA)),$(error CUDA=$(CUDA): use CUDA=12 or CUDA=13 (requirements/cuda12.txt, requirements/cuda13.txt)))
+$(if $(and $(CUDA),$(TPU)),$(error give CUDA=$(CUDA) or TPU=$(TPU), not both))
+STAMP := $(VENV)/.installed
+# The stamp holds the installed variant (cpu | cuda12 | cuda13 | tpu); an empty stamp is a CPU install.
+INSTALLED_VARIANT := $(or $(shell head -n1 $(STAMP) 2>/dev/null),$(if $(wildcard $(STAMP)),cpu))
+REQUESTED_VARIANT := $(if $(CUDA),cuda$(CUDA),$(if $(TPU),tpu))
+# `make install` / `make wheelhouse`: the requested variant, else CPU. Other targets: the requested
+# one, else the installed one.
+VARIANT := $(or $(REQUESTED_VARIANT),$(if $(filter install wheelhouse,$(MAKECMDGOALS)),cpu,$(or $(INSTALLED_VARIANT),cpu)))
+VARIANT_REQUIREMENTS := $(if $(filter-out cpu,$(VARIANT)),requirements/$(VARIANT).txt)
+EXPECT_BACKEND := $(if $(filter cuda%,$(VARIANT)),gpu,$(VARIANT))
+ACCELERATOR_PACKAGES := jax-cuda12-plugin jax-cuda12-pjrt jax-cuda13-plugin jax-cuda13-pjrt libtpu
+PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check $(if $(WHEELHOUSE),--no-index --find-links $(abspath $(WHEELHOUSE)))
 # Comma-separated task names; a sweep runs every attention x task x seed.
 TASK ?= listops
 # smoke | lra_official | pytorch_lineage
@@ -46,7 +69,7 @@ DTYPE ?= float32
 BATCH ?= 32
 BENCH_ARGS ?=
 
-.PHONY: help install sweep run data leaderboard reproduce browser bench approx test test-slow lock clean
+.PHONY: help install wheelhouse lock-variants FORCE sweep run data leaderboard reproduce browser bench approx test test-slow lock clean
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
@@ -60,18 +83,35 @@ help:
 	@echo "make reproduce TABLE=lra_table1|skyformer_table1|nystromformer_table1 [REPRODUCE_ARGS=--dry-run]   measured vs published"
 	@echo "make browser                           install Debian's chromium for the leaderboard page test"
 	@echo "make test | make test-slow             test suite | including slow tests"
-	@echo "make install [CUDA=12]                 create .venv from requirements/lock.txt"
+	@echo "make install [CUDA=12|13 | TPU=1] [WHEELHOUSE=dir]   .venv from requirements/lock.txt (+ the variant's pins); shows the devices"
+	@echo "make wheelhouse [CUDA=12|13 | TPU=1] [WHEELHOUSE=dir]  every wheel for an install without network"
 	@echo "make bench [LENGTHS=.. MODE=.. DTYPE=.. BATCH=.. ATTENTION=..]  time/memory vs length -> results/bench/"
 	@echo "make approx [LENGTHS=.. ATTENTION=..]  approximation error vs length and budget -> results/bench/"
 
-$(VENV)/.installed: requirements/lock.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	@if [ -n "$(CUDA)" ]; then $(PY) -m pip install --quiet -r requirements/cuda.txt; fi
-	touch $@
+# Reinstalled when the pins change or another variant is asked for (FORCE).
+$(STAMP): requirements/lock.txt $(VARIANT_REQUIREMENTS) pyproject.toml $(if $(filter-out $(VARIANT),$(INSTALLED_VARIANT)),FORCE)
+	@echo "install: the $(VARIANT) variant of jax into $(VENV)$(if $(INSTALLED_VARIANT), (was: $(INSTALLED_VARIANT)))$(if $(WHEELHOUSE), from $(WHEELHOUSE) without network)"
+	@$(if $(WHEELHOUSE),test -d $(WHEELHOUSE) || { echo "install: WHEELHOUSE=$(WHEELHOUSE) is not a folder; make it with 'make wheelhouse' on a machine with network" >&2; exit 1; })
+	rm -f $@
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(INSTALLED_VARIANT),$(PY) -m pip uninstall --quiet --disable-pip-version-check -y $(ACCELERATOR_PACKAGES) 2>/dev/null || true)
+	$(PIP_INSTALL) -r requirements/lock.txt $(addprefix -r ,$(VARIANT_REQUIREMENTS))
+	$(PIP_INSTALL) --no-deps -e .
+	echo $(VARIANT) > $@
 
-install: $(VENV)/.installed
+# Installs when needed. `make install` itself then shows what JAX sees and fails unless the variant's
+# accelerator is visible; as another target's prerequisite it only installs (e.g. `make data` on a
+# login node without a GPU).
+install: $(STAMP)
+	@$(if $(filter install,$(MAKECMDGOALS)),$(PY) -m lra.accelerator --expect $(EXPECT_BACKEND) | sed 's/^/install: /'; exit $${PIPESTATUS[0]})
+
+# Every wheel the variant needs (those without a wheel on the index built here) -> WHEELHOUSE.
+wheelhouse:
+	$(PYTHON) scripts/wheelhouse.py --out $(or $(WHEELHOUSE),wheelhouse) -r requirements/lock.txt \
+		$(addprefix -r ,$(VARIANT_REQUIREMENTS)) $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON)) \
+		$(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM))
+
+FORCE:
 
 sweep: install
 	@attentions="$(ATTENTION)"; \
@@ -126,6 +166,10 @@ lock:
 	{ echo "# Full resolved dependency set for lra (CPU). Generated from requirements/base.in by 'make lock'."; \
 	  echo "# Python 3.11, Linux x86-64. Do not edit by hand."; \
 	  /tmp/lra-lock-venv/bin/pip freeze; } > requirements/lock.txt
+
+# Re-resolve requirements/{cuda12,cuda13,tpu}.txt (the jax[...] extras of the pinned jax).
+lock-variants: install
+	$(PY) scripts/lock_variants.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attention.base import HARNESS_KEYS
 from lra.model import DualEncoder, Encoder
-from lra.registry import POSITIONAL_BIAS_CONFIGS
+from lra.registry import POSITIONAL_BIAS_CONFIGS, required_backends, runs_on
 
 
 class ConfigError(ValueError):
@@ -26,9 +26,13 @@ def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
     harness = {key: config.pop(key, None) for key in HARNESS_KEYS}
     if not harness["name"]:
         raise ConfigError(f"the {kind} config has no 'name' key (see configs/attention/softmax.yaml)")
-    if harness["requires"] == "gpu" and jax.default_backend() == "cpu":
-        raise ConfigError(f"{kind} '{harness['name']}' needs a GPU ({kind}.requires=gpu); "
-                          "this process only sees a CPU")
+    try:
+        requires = required_backends(harness["requires"], f"{kind} '{harness['name']}'")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not runs_on(requires, jax.default_backend()):
+        raise ConfigError(f"{kind} '{harness['name']}' runs on {', '.join(requires)} ({kind}.requires); "
+                          f"JAX's backend here is {jax.default_backend()}")
     try:
         factory = hydra.utils.instantiate(config, _partial_=True)
     except Exception as error:  # Hydra wraps import errors; say which config and target failed

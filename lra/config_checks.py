@@ -84,6 +84,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.eval_limit": OPTIONAL_POSITIVE,
     "train.overhead_pairs": _integer(0),
     "train.prefetch": POSITIVE,
+    "train.grad_accum_steps": POSITIVE,
+    "train.memory_margin": _number(0, 1, high_open=True),
     "task.max_length": POSITIVE,
     "task.num_classes": _integer(2),
     "task.generator.num_train": POSITIVE,

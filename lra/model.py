@@ -95,6 +95,9 @@ class Encoder(nnx.Module):
     (the official retrieval encoder, quirk M1); ``cls_mask_copies_first_token`` gives the CLS token
     the first token's mask, as the official encoder does (it matters only where token 0 can be
     masked: pixel tasks under quirk D1). ``num_classes=None`` builds a tower without a head.
+    ``remat=True`` rematerialises each block (``nnx.remat``): its activations are recomputed in the
+    backward pass instead of kept, trading about one more forward pass for memory; outputs and
+    gradients are the same (``model.remat``, docs/scaling.md).
     """
 
     def __init__(self, *, vocab_size: int, num_classes: int | None, max_length: int,
@@ -105,7 +108,7 @@ class Encoder(nnx.Module):
                  dtype: str = "float32", pad_id: int | None = 0,
                  mean_pool_includes_padding: bool = False, grid_shape: tuple[int, int] | None = None,
                  positional_bias: PositionalBiasFactory | None = None, prepend_cls: bool = True,
-                 cls_mask_copies_first_token: bool = False, rngs: nnx.Rngs):
+                 cls_mask_copies_first_token: bool = False, remat: bool = False, rngs: nnx.Rngs):
         if pos_emb not in ("sinusoidal", "learned"):
             raise ValueError(f"model.pos_emb must be 'sinusoidal' or 'learned', got {pos_emb!r}")
         if pooling not in ("cls", "mean"):
@@ -117,6 +120,7 @@ class Encoder(nnx.Module):
         self.mean_pool_includes_padding = mean_pool_includes_padding
         self.use_cls = pooling == "cls" and prepend_cls  # else "cls" pooling reads token 0 (quirk M1)
         self.cls_mask_copies_first_token = cls_mask_copies_first_token
+        self.remat = bool(remat)
         total_length = max_length + int(self.use_cls)
 
         self.token_embed = nnx.Embed(vocab_size, emb_dim, dtype=compute_dtype, rngs=rngs,
@@ -163,7 +167,10 @@ class Encoder(nnx.Module):
         x = x + self.positions[...][: x.shape[1]].astype(x.dtype)
         x = self.embed_dropout(x, deterministic=deterministic)
         for block in self.blocks:
-            x = block(x, mask, deterministic=deterministic)
+            if self.remat:
+                x = nnx.remat(lambda block, x, mask: block(x, mask, deterministic=deterministic))(block, x, mask)
+            else:
+                x = block(x, mask, deterministic=deterministic)
         return self.final_norm(x), mask
 
     def pool(self, x: jax.Array, mask: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from attention.base import AttentionSpec, ContractError, check_output
-from lra.registry import load_attention_config
+from lra.registry import load_attention_config, required_backends, runs_on
 
 SPEC = AttentionSpec(num_heads=2, head_dim=8, max_length=64)
 BATCH, LENGTH, REAL = 2, 64, 40
@@ -34,7 +34,11 @@ def check_attention(name: str) -> str | None:
         config = load_attention_config(name)
     except FileNotFoundError as error:
         return f"no config: {error}"
-    if config.get("requires") == "gpu" and jax.default_backend() == "cpu":
+    try:
+        requires = required_backends(config.get("requires"), f"attention '{name}'")
+    except ValueError as error:
+        return str(error)
+    if not runs_on(requires, jax.default_backend()):
         return None  # the sweep skips it here and says so
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(key, (BATCH, LENGTH, SPEC.num_heads, SPEC.head_dim)) for key in keys)

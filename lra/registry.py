@@ -8,8 +8,9 @@ An attention YAML may extend another (``defaults: [sikf]``) and name a positiona
 Your own attentions live outside the repository: set ``LRA_KERNEL_DIR`` to a folder holding
 ``attention/<name>.yaml`` (and the module its ``_target_`` names); they are registered beside the
 built-in ones (``make sweep KERNEL_DIR=...`` sets it; docs/new_kernel.md).
-An attention marked ``requires: gpu`` is left out of ``--runnable`` when JAX sees no GPU, and the
-skip is reported on stderr so a sweep never silently drops a row.
+An attention may declare the backends it runs on, ``requires: [gpu]`` (any of cpu, gpu, tpu; no key:
+all of them); it is left out of ``--runnable`` on any other backend, and the skip is reported on
+stderr, naming the backend, so a sweep never silently drops a row.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lra.accelerator import BACKENDS
 
 ATTENTION_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "attention"
 POSITIONAL_BIAS_CONFIGS = ATTENTION_CONFIGS.parent / "positional_bias"
@@ -54,6 +57,22 @@ def attention_config_dirs() -> list[Path]:
     return [ATTENTION_CONFIGS, Path(user).resolve() / "attention"]
 
 
+def required_backends(value, where: str) -> tuple[str, ...] | None:
+    """An attention's ``requires`` as a tuple of backends; None (no key) runs everywhere. A single
+    name (``requires: gpu``, the older spelling) is read as a one-item list."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple, ListConfig)) else None
+    if not values or any(v not in BACKENDS for v in values):
+        raise ValueError(f"{where}: 'requires' must list backends among {', '.join(BACKENDS)} (e.g. requires: [gpu]); "
+                         f"got {value!r}")
+    return tuple(values)
+
+
+def runs_on(requires: tuple[str, ...] | None, backend: str) -> bool:
+    return requires is None or backend in requires
+
+
 def registered_attentions(directory: Path | None = None) -> dict[str, dict]:
     """Config-file stem -> {name, requires, target, positional_bias} for every attention YAML
     (of ``directory``, or of configs/attention/ plus the user's LRA_KERNEL_DIR)."""
@@ -67,20 +86,22 @@ def registered_attentions(directory: Path | None = None) -> dict[str, dict]:
         for key in ("name", "_target_"):
             if key not in config:
                 raise ValueError(f"{path}: attention config has no '{key}' key")
-        found[path.stem] = {"name": config.name, "requires": config.get("requires"), "target": config._target_,
+        found[path.stem] = {"name": config.name, "requires": required_backends(config.get("requires"), str(path)),
+                            "target": config._target_,
                             "positional_bias": config.get("positional_bias")}
     return found
 
 
 def runnable_attentions(backend: str, include_combinations: bool = False) -> tuple[list[str], list[str]]:
-    """(runnable, skipped-for-lack-of-GPU) config names. Combinations (an attention YAML that also
+    """(runnable, skipped) config names on ``backend``; skipped: those whose ``requires`` does not
+    list it. Combinations (an attention YAML that also
     names a ``positional_bias`` add-on) are included only on request: they are swept, while the
     per-attention tests cover the plain attentions and test the add-on separately."""
     runnable, skipped = [], []
     for stem, info in registered_attentions().items():
         if info["positional_bias"] and not include_combinations:
             continue
-        (skipped if info["requires"] == "gpu" and backend == "cpu" else runnable).append(stem)
+        (runnable if runs_on(info["requires"], backend) else skipped).append(stem)
     return runnable, skipped
 
 
@@ -91,14 +112,17 @@ def main(argv=None) -> None:
     if args.runnable:
         import jax
 
-        runnable, skipped = runnable_attentions(jax.default_backend(), include_combinations=True)
+        backend = jax.default_backend()
+        runnable, skipped = runnable_attentions(backend, include_combinations=True)
+        found = registered_attentions()
         for stem in skipped:
-            print(f"sweep: skipping attention '{stem}': it needs a GPU and JAX sees only a CPU", file=sys.stderr)
+            print(f"sweep: skipping attention '{stem}': it runs on {', '.join(found[stem]['requires'])} and JAX's "
+                  f"backend here is {backend}", file=sys.stderr)
         print(",".join(runnable))
         return
     for stem, info in registered_attentions().items():
         extras = [f"+ {info['positional_bias']}" if info["positional_bias"] else "",
-                  f"needs {info['requires']}" if info["requires"] else ""]
+                  f"runs on {', '.join(info['requires'])}" if info["requires"] else ""]
         print(f"{stem:24s} {info['target']:45s} {' '.join(e for e in extras if e)}")
 
 

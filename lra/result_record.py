@@ -87,7 +87,7 @@ FIELDS: tuple[Field, ...] = tuple([
              ("host_overhead", "step_time_pipeline_s / step_time_resident_s - 1"),
              ("examples_per_s", "batch_size / step_time_median_s"),
              ("tokens_per_s", "batch_size * max_length / step_time_median_s (padded tokens)"),
-             ("compile_time_s", "compile time of the train step"),
+             ("compile_time_s", "compile time of the train step (micro_batch=auto: of every candidate tried)"),
              ("eval_compile_time_s", "compile time of the eval step"),
              ("flops_per_step", "XLA's cost analysis of the compiled train step")),
     *_fields("cost", int,
@@ -102,6 +102,12 @@ FIELDS: tuple[Field, ...] = tuple([
     *_fields("run", int,
              ("steps", "train.steps"), ("batch_size", "train.batch_size (global)"),
              ("max_length", "task.max_length")),
+    *_fields("run", int,
+             ("grad_accum_steps", "micro-batches whose gradients make one update (train.grad_accum_steps, or "
+                                  "chosen by train.micro_batch); the global batch is batch_size either way"),
+             ("micro_batch_size", "rows per micro-batch: batch_size / grad_accum_steps")),
+    Field("micro_batch_auto", bool, "run", "the micro-batch was chosen from XLA's compiled memory "
+                                           "(train.micro_batch=auto)"),
     Field("dtype", str, "run", "model.dtype: compute dtype"),
     *_fields("code", str,
              ("attention_target", "the attention's _target_ (module.Class)"),

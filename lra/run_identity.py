@@ -43,6 +43,10 @@ OPERATIONAL_KEYS = (
     "seed",                     # not a setting: records of one fingerprint are its seeds
     "run_dir", "progress", "paths", "logger", "checkpoint", "distributed", "hydra",
     "train.overhead_pairs", "train.prefetch", "train.log_every",   # timing windows and host pipeline
+    # how one update is computed on the device, not what it is: micro-batches summed to the same
+    # gradient, rematerialised activations, the CPU guard (docs/scaling.md)
+    "train.grad_accum_steps", "train.micro_batch", "train.memory_limit_gb", "train.memory_margin",
+    "model.remat", "allow_cpu", "protocol.cpu_sized",
     "task.attention_overrides",  # folded into the attention's own settings (effective_attention)
     "task.release_dir", "task.release_archive", "task.release_url", "task.raw_archive", "task.download",
     "task.tfds_data_dir", "task.generator.workers",                 # where the data comes from, not what it is

@@ -34,6 +34,7 @@ from lra.build import build_attention, build_model, build_positional_bias, task_
 from lra.checkpointing import (EXIT_PREEMPTED, CheckpointBusy, Preempted, RunCheckpoints, StopRequest,
                                read_run_info)
 from lra.config_checks import ConfigError, check_config
+from lra.cpu_guard import CpuRunRefused, cpu_guard
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import count_parameters
@@ -113,9 +114,10 @@ def run(cfg: DictConfig) -> dict:
 
     With checkpoints on, a rerun of an unfinished run resumes it and a rerun of a finished one
     returns the stored record. SIGTERM/SIGINT checkpoint and raise ``Preempted``; a diverged run
-    gets a record with ``status: diverged`` and no accuracies; any other exception writes a record
-    with ``status: failed`` (its one-line summary and the log path) and propagates. Only process 0
-    writes anything.
+    gets a record with ``status: diverged`` and no accuracies; a full protocol on a CPU raises
+    ``CpuRunRefused`` before training (no record: nothing ran; ``allow_cpu=true`` runs it); any other
+    exception writes a record with ``status: failed`` (its one-line summary and the log path) and
+    propagates. Only process 0 writes anything.
     """
     check_config(cfg, devices=jax.device_count())  # bad values fail here, before data or compilation
     attention_name = str(cfg.attention.get("name") or "unnamed")
@@ -129,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
               "sweep_id": os.environ.get(SWEEP_ID_VARIABLE)}
     try:
         return _train(cfg, record, run_dir)
-    except (Preempted, KeyboardInterrupt, CheckpointBusy):  # not a run's outcome: nothing to record
+    except (Preempted, KeyboardInterrupt, CheckpointBusy, CpuRunRefused):  # not a run's outcome: nothing to record
         raise
     except Exception as error:
         log.exception("%s/%s seed %s failed", cfg.task.name, attention_name, cfg.seed)
@@ -208,7 +210,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
                 metrics = train_and_evaluate(model, optimizer, learning_rate,
                                              {split: cache[split] for split in ("train", "val", "test")},
                                              loop_cfg, sinks.log if sinks else _discard, progress,
-                                             checkpoints=checkpoints, stop=stop)
+                                             checkpoints=checkpoints, stop=stop, guard=cpu_guard(cfg, label))
                 outcome = {"status": "ok"}
             except DivergenceError as error:
                 log.error("%s: %s", label, error)
@@ -275,6 +277,8 @@ def main(cfg: DictConfig) -> float:
         record = run(cfg)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)  # checkpoint saved; a rerun (or SLURM requeue) continues
+    except CpuRunRefused as refused:  # before training; ends a sweep too (each run would refuse)
+        sys.exit(f"lra: {refused}")
     except (ConfigError, CheckpointBusy) as error:  # refused before it was a run: no record
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise

@@ -263,3 +263,10 @@ def test_plan_errors_name_the_file_and_key(tmp_path):
     OmegaConf.save(bad, path)
     with pytest.raises(ValueError, match=r"plan.yaml: families.performer.target"):
         approximation.load_plan(path)
+
+
+def test_provenance_writes_repository_paths_relative():
+    from lra.bench.report import REPO, repo_relative
+
+    assert repo_relative(str(REPO / "configs" / "bench" / "text_encoder.yaml")) == "configs/bench/text_encoder.yaml"
+    assert repo_relative("/elsewhere/plan.yaml") == "/elsewhere/plan.yaml" and repo_relative(3) == 3

@@ -58,11 +58,25 @@ def format_cell(value) -> str:
     return str(value)
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def repo_relative(value):
+    """A path inside this repository as written relative to it (results name no machine's folders)."""
+    if isinstance(value, (str, Path)) and Path(value).is_absolute():
+        try:
+            return str(Path(value).resolve().relative_to(REPO))
+        except ValueError:
+            return str(value)
+    return value
+
+
 def write_provenance(path: Path, settings: dict) -> dict:
-    """provenance.json: device, library versions, git sha, date, plus the benchmark's settings."""
+    """provenance.json: device, library versions, git sha, date, plus the benchmark's settings
+    (file settings inside the repository written relative to it)."""
     info = {**provenance(), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # other work on the host skews timings
-            "settings": settings}
+            "settings": {key: repo_relative(value) for key, value in settings.items()}}
     atomic_write_text(path, json.dumps(info, indent=2, default=str) + "\n")
     return info
 

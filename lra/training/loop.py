@@ -1,7 +1,10 @@
 """The training loop: one readable function from (model, optimizer, data) to a run's metrics.
 
     resume from the newest checkpoint if there is one (states, step, metrics so far)
-    compile train and eval steps once (ahead of time, timed, memory-analysed, data-parallel)
+    compile train and eval steps once (ahead of time, timed, memory-analysed, data-parallel; the
+        train step sums micro-batches when train.grad_accum_steps / train.micro_batch ask for it,
+        micro_batch=auto compiles candidates until one fits: lra.training.accumulation)
+    on a CPU, a protocol not sized for it stops here with a time estimate (lra.cpu_guard)
     for step in start+1..steps:
         state = train_step(state, next prefetched batch)        # no host sync here
         every log_every steps: fetch the window's metrics (one sync), time the window,
@@ -36,6 +39,7 @@ from lra.data import batches as batching
 from lra.data.token_cache import TokenSplit
 from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
 from lra.training import sharding
+from lra.training.accumulation import choose_accumulation
 from lra.training.steps import compile_step, make_eval_step, make_train_step
 
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -54,6 +58,10 @@ class LoopConfig:
     eval_limit: int | None = None  # evaluate on the first N validation/test examples
     overhead_pairs: int = 3  # pairs of (pipeline, resident-batch) timing windows after training (0 = skip)
     prefetch: int = 2
+    grad_accum_steps: int = 1  # micro-batches per update (lra.training.accumulation)
+    micro_batch: int | str | None = None  # rows per micro-batch, or "auto": the largest that fits in memory
+    memory_limit_gb: float | None = None  # for micro_batch=auto; None: the device's own memory
+    memory_margin: float = 0.1  # for micro_batch=auto: keep this fraction of the limit free
 
 
 class DivergenceError(RuntimeError):
@@ -142,12 +150,14 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
                        splits: dict[str, TokenSplit], cfg: LoopConfig, log: Callable[[int, str, dict], None],
                        progress: Callable[[int, dict], None] | None = None, *,
                        checkpoints: RunCheckpoints | None = None, stop: StopRequest | None = None,
-                       mesh=None) -> dict:
+                       mesh=None, guard: Callable[[float, int], None] | None = None) -> dict:
     """Train for cfg.steps; return accuracies, losses, timings and memory figures of the run.
 
     ``mesh`` (default: every device) makes the steps data-parallel; ``checkpoints`` resumes from
     and saves to a run's checkpoint directory; ``stop`` (a StopRequest) ends the run early with a
     checkpoint and ``Preempted``. A non-finite loss or gradient raises ``DivergenceError``.
+    ``guard(seconds_per_step, steps_left)`` (lra.cpu_guard) sees the time of a few steps, on copies
+    of the state, before training starts, and may refuse the run by raising.
     """
     mesh = sharding.data_mesh() if mesh is None else mesh
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
@@ -179,11 +189,18 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
     eval_example = batching.to_device(next(batching.eval_batches(
         splits["val"], eval_batch_size, cfg.max_length, cfg.eval_limit)), rows)
 
-    start = time.perf_counter()
-    train_fn = compile_step(make_train_step(model_graph, optimizer_graph), model_state, optimizer_state,
+    def compile_train(accum_steps: int):
+        return compile_step(make_train_step(model_graph, optimizer_graph, accum_steps), model_state, optimizer_state,
                             first_batch, donate_argnums=(0, 1), in_shardings=(states, states, rows),
                             out_shardings=states)
+
+    start = time.perf_counter()
+    train_fn, plan = choose_accumulation(compile_train, cfg.batch_size, cfg.grad_accum_steps, cfg.micro_batch,
+                                         devices=mesh.shape[sharding.DATA_AXIS], memory_limit_gb=cfg.memory_limit_gb,
+                                         memory_margin=cfg.memory_margin)
     compile_time = time.perf_counter() - start
+    if guard is not None:
+        guard(_seconds_per_step(train_fn, model_state, optimizer_state, first_batch), cfg.steps - start_step)
     start = time.perf_counter()
     eval_fn = compile_step(make_eval_step(model_graph), model_state, eval_example,
                            in_shardings=(states, rows), out_shardings=states)
@@ -257,8 +274,20 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
         "compile_time_s": compile_time, "eval_compile_time_s": eval_compile_time,
         "flops_per_step": compiled_flops(train_fn), **compiled_memory(train_fn),
         "device_peak_bytes": device_peak_bytes(),
-        "resumed_from_step": start_step or None,
+        "resumed_from_step": start_step or None, **plan.record_fields(),
     }
+
+
+def _seconds_per_step(train_fn, model_state, optimizer_state, batch, steps: int = 2) -> float:
+    """The fastest of ``steps`` timed train steps on copies of the state (the step donates its inputs)."""
+    model_state, optimizer_state = _copy(model_state), _copy(optimizer_state)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model_state, optimizer_state, metrics = train_fn(model_state, optimizer_state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def _host_overhead_timing(train_fn, model_state, optimizer_state, train_iter, resident_batch,

@@ -22,18 +22,51 @@ def weighted_loss_and_correct(logits, labels, weights):
     return (losses * weights).sum(), (correct * weights).sum()
 
 
-def make_train_step(model_graph: nnx.GraphDef, optimizer_graph: nnx.GraphDef):
+def micro_batches(batch: dict, accum_steps: int) -> dict:
+    """(batch, ...) arrays -> (accum_steps, batch / accum_steps, ...): micro-batch j holds rows
+    j, j + k, j + 2k, ... (k = accum_steps), so with the batch split over devices in contiguous
+    blocks every micro-batch keeps rows on every device (no data moves between devices)."""
+    def split(x):
+        return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(model_graph: nnx.GraphDef, optimizer_graph: nnx.GraphDef, accum_steps: int = 1):
+    """The compiled training step. ``accum_steps`` > 1 splits the batch into that many micro-batches
+    (``micro_batches``) and sums their gradients inside the step (``jax.lax.scan``: only one
+    micro-batch's activations are alive at a time) before one optimizer update. Each micro-batch's
+    loss is divided by the whole batch's weight, so the summed gradient is the full-batch gradient:
+    the update is the same up to float summation order. Dropout draws fresh masks per micro-batch
+    (the RNG state advances once per micro-batch), equal in distribution to the full batch's."""
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1; got {accum_steps}")
+
     def train_step(model_state, optimizer_state, batch):
         model = nnx.merge(model_graph, model_state)
         optimizer = nnx.merge(optimizer_graph, optimizer_state)
         count = jnp.maximum(batch["weights"].sum(), 1.0)
+        graph, params, rest = nnx.split(model, nnx.Param, ...)
 
-        def loss_fn(model):
-            logits = model(batch["tokens"], deterministic=False)
-            loss_sum, correct = weighted_loss_and_correct(logits, batch["labels"], batch["weights"])
-            return loss_sum / count, correct
+        def loss_fn(params, rest, micro):
+            micro_model = nnx.merge(graph, params, rest, copy=True)  # fresh variables in this trace
+            logits = micro_model(micro["tokens"], deterministic=False)
+            loss_sum, correct = weighted_loss_and_correct(logits, micro["labels"], micro["weights"])
+            return loss_sum / count, (correct, nnx.split(micro_model, nnx.Param, ...)[2])
 
-        (loss, correct), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if accum_steps == 1:
+            (loss, (correct, rest)), grads = grad_fn(params, rest, batch)
+        else:
+            def accumulate(carry, micro):
+                grads_sum, loss_sum, correct_sum, rest = carry
+                (loss, (correct, rest)), grads = grad_fn(params, rest, micro)
+                return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss, correct_sum + correct, rest), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            start = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), rest)
+            (grads, loss, correct, rest), _ = jax.lax.scan(accumulate, start, micro_batches(batch, accum_steps))
+        nnx.update(model, rest)
         optimizer.update(model, grads)
         metrics = {"loss": loss, "accuracy": correct / count, "grad_norm": optax.tree.norm(grads)}
         return nnx.state(model), nnx.state(optimizer), metrics
