@@ -218,7 +218,8 @@ def sweep_commands(spec: dict, plan: dict[str, dict[str, list[int]]], extra: lis
             commands.append([sys.executable, "-m", "lra.train", "--multirun", f"task={task}",
                              f"protocol={spec['protocol']}", f"attention={','.join(attentions)}",
                              f"seed={','.join(map(str, seeds))}", *spec.get("overrides", []),
-                             *(spec.get("task_overrides") or {}).get(task, []), *extra])
+                             *(spec.get("task_overrides") or {}).get(task, []), "logger.wandb.job_type=reproduce",
+                             *extra])
     return commands
 
 

@@ -73,7 +73,8 @@ def test_comparison_difference_and_spread(tmp_path, only_listops):
     assert {r["status"] for r in frame.to_dict("records") if r["model"] == "Longformer"} == {"not implemented"}
     # the missing seeds of performer are what would run, through the sweep entry point
     assert [c[3:] for c in commands] == [["--multirun", "task=listops", "protocol=lra_official", "attention=performer",
-                                          "seed=1,2", f"paths.results_dir={official}"]]
+                                          "seed=1,2", "logger.wandb.job_type=reproduce",
+                                          f"paths.results_dir={official}"]]
     written = (official / "reproduce_lra_table1.md").read_text()
     assert "| Transformer | softmax | listops | 36.37 | 36.50 ± 0.50 (n=3) | +0.13 | yes | measured |" in written
     assert (official / "reproduce_lra_table1.csv").exists()

@@ -56,6 +56,11 @@ class LoopConfig:
     prefetch: int = 2
 
 
+def progress_total(cfg: LoopConfig) -> int:
+    """The progress callback's total: training steps plus the host-overhead windows' steps."""
+    return cfg.steps + 2 * max(cfg.overhead_pairs, 0) * cfg.log_every
+
+
 class DivergenceError(RuntimeError):
     """A non-finite loss or gradient norm: the run stops; its last good checkpoint is kept."""
 
@@ -203,6 +208,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
             log_and_keep(step, "train", run.last_train)
             run.pending = []
         if is_eval:
+            if progress is not None:
+                progress(step, {"phase": "validating", "loss": run.last_train.get("loss")})
             val = evaluate(eval_fn, model_state, splits["val"], cfg, rows)
             log_and_keep(step, "val", val)
             if val["accuracy"] > run.best["accuracy"]:
@@ -210,7 +217,7 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
                 best_state = _copy(model_state)
             run.last_val = val
         if progress is not None and is_window:
-            progress(step, {"loss": run.last_train.get("loss"), "val": run.best["accuracy"]})
+            progress(step, {"phase": "training", "loss": run.last_train.get("loss"), "val": run.best["accuracy"]})
         stopping = _stop_agreed(stop, is_window)
         if checkpoints is not None and (checkpoints.due(step, cfg.steps) or stopping):
             saving = time.perf_counter()
@@ -226,6 +233,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
                 window_start = time.perf_counter()  # a window covers fetching and stepping only
             batch = next(train_iter)
 
+    if progress is not None:
+        progress(cfg.steps, {"phase": "testing"})
     test_final = evaluate(eval_fn, model_state, splits["test"], cfg, rows)
     test_best = evaluate(eval_fn, best_state, splits["test"], cfg, rows)
     log(cfg.steps, "test_final", test_final)
@@ -235,7 +244,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
     steady = window_times[1:] if len(window_times) > 1 else window_times
     step_time = statistics.median(steady)
     pipeline_time, resident_time = _host_overhead_timing(
-        train_fn, model_state, optimizer_state, train_iter, batch, cfg.overhead_pairs, cfg.log_every)
+        train_fn, model_state, optimizer_state, train_iter, batch, cfg.overhead_pairs, cfg.log_every,
+        None if progress is None else lambda done: progress(cfg.steps + done, {"phase": "timing host overhead"}))
     nnx.update(model, model_state)
     nnx.update(optimizer, optimizer_state)
     best, last_val, last_train = run.best, run.last_val, run.last_train
@@ -259,13 +269,13 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
 
 
 def _host_overhead_timing(train_fn, model_state, optimizer_state, train_iter, resident_batch,
-                          pairs: int, window: int) -> tuple[float | None, float | None]:
+                          pairs: int, window: int, progress: Callable[[int], None] | None = None) -> tuple[float | None, float | None]:
     """Side-by-side step times, on copies of the final state, to isolate the host's share.
 
     Alternates windows of ``window`` steps fed by the training loop's own prefetched iterator and
     windows fed by one device-resident batch (the compiled step alone), each timed like a loop
     window (one sync at its end). Interleaving cancels machine drift; returns the medians
-    (pipeline, resident).
+    (pipeline, resident). ``progress(steps done)`` is called after each window.
     """
     if pairs <= 0:
         return None, None
@@ -280,4 +290,6 @@ def _host_overhead_timing(train_fn, model_state, optimizer_state, train_iter, re
                 pending.append(metrics)
             jax.device_get(pending)
             times[name].append((time.perf_counter() - start) / window)
+            if progress is not None:
+                progress(window * sum(len(t) for t in times.values()))
     return statistics.median(times["pipeline"]), statistics.median(times["resident"])
