@@ -155,3 +155,30 @@ def test_write_leaderboard_on_empty_dir_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="sweep"):
         write_combined_leaderboard(tmp_path)
     assert not (tmp_path / LEADERBOARD_FILE).exists()
+
+
+@pytest.mark.parametrize("n", [3, 12, 25, 40])
+def test_plot_palette_never_repeats(n):
+    from lra.leaderboard.plots import palette
+
+    colours = [tuple(round(c, 4) for c in colour) for colour in palette(n)]
+    assert len(colours) == n and len(set(colours)) == n
+
+
+def test_speed_accuracy_plot_at_25_rows_names_points_in_a_legend(tmp_path, monkeypatch):
+    from lra.leaderboard import plots
+    from lra.leaderboard.table import Cell, Row
+
+    rows = [Row(protocol="lra_official", attention=f"attention_with_a_long_name_{i}", checkpoint="final",
+                cells={"listops": Cell(30.0 + 0.01 * i, None, 1, 0)}, other_cells={}, table_tasks=["listops"],
+                speed=1.0 + 0.001 * i, memory=1.0) for i in range(25)]  # 25 points almost on top of each other
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or path)
+    plots.speed_accuracy_plot(rows, tmp_path / "scatter.png")
+    axes = figures[0].axes[0]
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == [f"{i + 1}. {row.label}" for i, row in enumerate(rows)]
+    # at the points only their numbers, not the names that would overlap
+    assert sorted(int(t.get_text()) for t in axes.texts) == list(range(1, 26))
+    colours = {tuple(collection.get_facecolor()[0]) for collection in axes.collections}
+    assert len(colours) == 25
