@@ -10,7 +10,8 @@ PY := $(VENV)/bin/python
 CUDA ?=
 # Comma-separated task names; a sweep runs every attention x task x seed.
 TASK ?= listops
-# smoke | lra_official | pytorch_lineage
+# smoke | lra_official | pytorch_lineage. `make` targets are the real sweeps, so lra_official; a bare
+# `python -m lra.train` defaults to smoke instead (configs/config.yaml says why).
 PRESET ?= lra_official
 # Comma-separated attention config names; empty = every registered attention runnable here.
 ATTENTION ?=

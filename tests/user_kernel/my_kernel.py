@@ -20,7 +20,7 @@ class ReluTemperatureAttention(nnx.Module):
         self.log_temperature = nnx.Param(jnp.zeros((spec.num_heads,)))  # one learned scalar per head
 
     def __call__(self, q, k, v, key_mask, *, deterministic):
-        scale = q.shape[-1] ** -0.5 * jnp.exp(-self.log_temperature.value)[None, :, None, None]
+        scale = q.shape[-1] ** -0.5 * jnp.exp(-self.log_temperature[...])[None, :, None, None]
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
         weights = jax.nn.relu(scores) * key_mask[:, None, None, :]
         weights = weights / (weights.sum(-1, keepdims=True) + self.eps)
