@@ -47,7 +47,7 @@ DTYPE ?= float32
 BATCH ?= 32
 BENCH_ARGS ?=
 
-.PHONY: help install sweep run data leaderboard reproduce browser bench approx test test-slow lock clean
+.PHONY: help install sweep run data leaderboard reproduce check-kernel browser bench approx test test-slow lock clean
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
@@ -59,6 +59,7 @@ help:
 	@echo "make sweep TASK=listops ATTENTION=my_kernel,softmax KERNEL_DIR=path/to/my_kernels   your own attention"
 	@echo "make leaderboard [RESULTS=results/smoke]   rebuild results/*/leaderboard.{md,html} + plots, results/leaderboard.*"
 	@echo "make reproduce TABLE=lra_table1|skyformer_table1 [REPRODUCE_ARGS=--dry-run]   measured vs published"
+	@echo "make check-kernel ATTENTION=my_kernel [KERNEL_DIR=my_kernels]   a kernel's report card: contract checks, memory, error"
 	@echo "make browser                           install Debian's chromium for the leaderboard page test"
 	@echo "make test | make test-slow             test suite | including slow tests"
 	@echo "make install [CUDA=12]                 create .venv from requirements/lock.txt"
@@ -93,6 +94,10 @@ leaderboard: install
 
 reproduce: install
 	$(KERNEL_ENV) $(PY) -m lra.reproduce --table $(TABLE) $(REPRODUCE_ARGS)
+
+check-kernel: install
+	@test -n "$(ATTENTION)" || { echo "check-kernel: name the attention, e.g. make check-kernel ATTENTION=my_kernel KERNEL_DIR=my_kernels"; exit 2; }
+	$(KERNEL_ENV) $(PY) -m lra.kernel_card $(ATTENTION)
 
 # Debian's Chromium for the leaderboard page test (tests/test_leaderboard_html.py), when absent.
 browser:

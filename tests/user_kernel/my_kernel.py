@@ -24,4 +24,4 @@ class ReluTemperatureAttention(nnx.Module):
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
         weights = jax.nn.relu(scores) * key_mask[:, None, None, :]
         weights = weights / (weights.sum(-1, keepdims=True) + self.eps)
-        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v).astype(q.dtype)  # compute dtype (the temperature is float32)
