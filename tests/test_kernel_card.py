@@ -80,6 +80,7 @@ def test_memory_exponent_and_measurements():
     assert "relative error 0.000" in kernel_card.measure_error_vs_softmax("softmax", length=64, real=50).detail
 
 
+@pytest.mark.slow  # a fresh interpreter compiling every check: about 20 s on 2 idle cores
 def test_make_check_kernel_on_the_docs_example():
     """The command docs/new_kernel.md leads with, on the kernel the docs show (tests/user_kernel/)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
