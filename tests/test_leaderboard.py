@@ -122,7 +122,7 @@ def test_write_leaderboard_markdown_html_and_plots(results_root):
     # absolute costs beside the ratios: linear 0.10 and 0.14 s/step against softmax's median 0.22
     costs = text[text.index("## Step time and memory per task"):text.index("## Test accuracy at the other")]
     linear = next(line for line in costs.splitlines() if line.startswith("| lra_official | linear |"))
-    assert "120.00 ms/step (1.83×, 1.57–2.20), 976.6 KiB (0.25×) (n=2)" in linear
+    assert "120 ms/step (1.83×, 1.57–2.20), 976.6 KiB (0.25×) (n=2)" in linear
     for png in ("leaderboard_speed_accuracy.png", "leaderboard_task_accuracy.png"):
         assert (directory / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in text

@@ -100,7 +100,7 @@ class TaskCost:
     def text(self) -> str:
         if self.step_time_s is None and self.step_bytes is None:
             return MISSING
-        parts = [f"{1000 * self.step_time_s:.2f} ms/step" if self.step_time_s is not None else "step time —"]
+        parts = [f"{format_ms(1000 * self.step_time_s)} ms/step" if self.step_time_s is not None else "step time —"]
         if self.speed is not None:
             spread = (f", {self.speed_range[0]:.2f}–{self.speed_range[1]:.2f}"
                       if self.speed_range and self.seeds > 1 else "")
@@ -110,6 +110,12 @@ class TaskCost:
         if self.peak_bytes is not None:
             parts.append(f"peak {format_bytes(self.peak_bytes)}")
         return ", ".join(parts) + f" (n={self.seeds})"
+
+
+def format_ms(value: float) -> str:
+    """Three significant figures, never in exponent form: 220, 12.3, 0.412."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 \
+        else f"{value:.3f}"
 
 
 def format_bytes(value: float) -> str:
