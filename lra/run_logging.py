@@ -239,7 +239,8 @@ class RunProgress:
                                        TimeRemainingColumn)
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[phase]}  loss {task.fields[loss]}  best val {task.fields[val]}"),
+                                TextColumn("{task.fields[phase]}  loss {task.fields[loss]}  "
+                                           "best val {task.fields[val]}"),
                                 TimeElapsedColumn(), TimeRemainingColumn())
             self.bar.__enter__()
             self.task = self.bar.add_task(self.label, total=self.total, **self._shown())

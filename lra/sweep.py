@@ -5,8 +5,8 @@
   (``lra.preflight``), which names a broken one with what it returned before anything trains.
 - At the end: the protocol's leaderboard is rebuilt and printed, then a summary of this sweep's
   runs, and where to look: the leaderboard's markdown, HTML page and plots, and the W&B offline runs
-  with the command that uploads them. A run that raised was recorded as ``failed`` and the sweep went on; if any did, they are
-  listed (error and log file) and the command exits with status 1.
+  with the command that uploads them. A run that raised was recorded as ``failed`` and the sweep
+  went on; if any did, they are listed (error and log file) and the command exits with status 1.
 """
 
 from __future__ import annotations

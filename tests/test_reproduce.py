@@ -156,7 +156,8 @@ def test_dry_run_plans_runs_steps_device_time_data_and_commands(tmp_path, monkey
     lines = []
     data = tmp_path / "data"
     _, commands = reproduce("toy", tmp_path / "results", tables_file=tmp_path / "tables.yaml", dry_run=True,
-                            echo=lines.append, bench_root=tmp_path / "bench", extra_overrides=[f"paths.data_dir={data}"])
+                            echo=lines.append, bench_root=tmp_path / "bench",
+                            extra_overrides=[f"paths.data_dir={data}"])
     text = "\n".join(lines)
     assert "| Transformer | softmax | run 1, reuse 1 | paper: FAIL, skipped |" in text
     assert "| Linear | linear | run 2 | run 2 |" in text

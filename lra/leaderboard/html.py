@@ -98,7 +98,8 @@ def _plain_table(frame: pd.DataFrame, table_id: str) -> str:
 
 
 def _paragraphs(markdown: str) -> str:
-    return "".join(f"<p>{html.escape(line.lstrip('- ').replace('`', ''))}</p>" for line in markdown.splitlines() if line)
+    return "".join(f"<p>{html.escape(line.lstrip('- ').replace('`', ''))}</p>"
+                   for line in markdown.splitlines() if line)
 
 
 def leaderboard_html(rows: list[Row], notes_markdown: str, plots: list[Path] = (), *, banner: str | None = None,
@@ -124,8 +125,9 @@ def leaderboard_html(rows: list[Row], notes_markdown: str, plots: list[Path] = (
     notes_html = _paragraphs(notes_markdown)
     banner_html = (f'<div class="banner" id="banner"><strong>Not a result.</strong> '
                    f'{html.escape(banner.replace("`", ""))}</div>\n' if banner else "")
-    provenance_html = ("<h2>Provenance</h2>\n<ul id=\"provenance\">"
-                       + "".join(f"<li>{html.escape(line)}</li>" for line in provenance) + "</ul>\n") if provenance else ""
+    provenance_html = "" if not provenance else (
+        "<h2>Provenance</h2>\n<ul id=\"provenance\">"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in provenance) + "</ul>\n")
     secondary = ("<h2>Step time and memory per task</h2>\n" + _paragraphs(costs_intro)
                  + _plain_table(cost_frame(rows), "costs")
                  + "<h2>Test accuracy at the other checkpoint</h2>\n<p>Each protocol reports one checkpoint "
@@ -139,6 +141,7 @@ def leaderboard_html(rows: list[Row], notes_markdown: str, plots: list[Path] = (
             f"<style>{STYLE}</style></head><body>\n<h1>LRA leaderboard</h1>\n{banner_html}"
             f"<table id=\"leaderboard\" data-rows=\"{len(rows)}\"><thead><tr>{head}</tr></thead><tbody>\n"
             + "\n".join(body) + f"\n</tbody></table>\n{provenance_html}{secondary}{figures}\n"
-            f"<details class=\"notes\" id=\"notes\"><summary>How this table was computed</summary>{notes_html}</details>\n"
+            f"<details class=\"notes\" id=\"notes\"><summary>How this table was computed</summary>"
+            f"{notes_html}</details>\n"
             f"<script>{SCRIPT}</script>\n"
             f"<script type=\"application/json\" id=\"columns\">{json.dumps(columns)}</script>\n</body></html>\n")

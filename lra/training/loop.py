@@ -269,7 +269,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
 
 
 def _host_overhead_timing(train_fn, model_state, optimizer_state, train_iter, resident_batch,
-                          pairs: int, window: int, progress: Callable[[int], None] | None = None) -> tuple[float | None, float | None]:
+                          pairs: int, window: int,
+                          progress: Callable[[int], None] | None = None) -> tuple[float | None, float | None]:
     """Side-by-side step times, on copies of the final state, to isolate the host's share.
 
     Alternates windows of ``window`` steps fed by the training loop's own prefetched iterator and
