@@ -37,7 +37,7 @@ from lra.metrics import provenance
 from lra.model import count_parameters
 from lra.registry import registered_attentions
 from lra.result_record import NO_ACCURACY, make_record
-from lra.results import new_run_id, write_record
+from lra.results import RECORDS, new_run_id, write_record
 from lra.run_identity import (RunIdentity, checkpoint_directory, compose_defaults, explain_fresh_start, run_identity,
                               settings, settings_changed)
 from lra.run_logging import (CsvMetricsWriter, MetricSinks, RunProgress, WandbSink, run_costs, run_summary_line,
@@ -185,6 +185,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
         if primary:  # a rerun into another results store still gets its row there
             with contextlib.suppress(FileExistsError):
                 write_record(cfg.paths.results_dir, finished)
+            log.info(run_summary_line(finished, Path(cfg.paths.results_dir) / RECORDS / f"{finished['run_id']}.json"))
         return finished
     model = build_model(cfg, cache.vocab_size, attention_factory, bias_factory)
     tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
