@@ -217,8 +217,9 @@ class RunProgress:
 
     Used as ``with RunProgress(label, total, enabled) as progress:``; ``progress(done, fields)`` with
     ``done`` in units of train steps (the overhead windows' steps counted after training) and
-    ``fields`` holding ``phase`` (training | validating | testing | timing host overhead), ``loss`` and
-    ``val`` (best validation accuracy). On a terminal: a rich bar with elapsed time, so an evaluation
+    ``fields`` holding ``phase`` (training | validating | testing (final) | testing (best val) |
+    timing host overhead), ``loss``, ``val`` (best validation accuracy) and, during an evaluation
+    pass, ``batch`` (done, total). On a terminal: a rich bar with elapsed time, so an evaluation
     pass never looks like a hang. Otherwise (a log file): one plain log line at every phase change and
     at most every ``every_s`` seconds in between.
     """
@@ -228,6 +229,7 @@ class RunProgress:
         self.label, self.total, self.enabled, self.every_s = label, total, enabled, every_s
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.fields = {"phase": "training", "loss": None, "val": None}
+        self.batch: tuple[int, int] | None = None  # (done, total) of an evaluation pass
         self.done, self._last_line, self._start = 0, None, time.monotonic()
 
     def __enter__(self):
@@ -250,7 +252,8 @@ class RunProgress:
 
     def _shown(self) -> dict:
         shown = {k: ("–" if v is None or v < 0 else f"{v:.3f}") for k, v in self.fields.items() if k != "phase"}
-        return {**shown, "phase": self.fields["phase"]}
+        batch = f" batch {self.batch[0]}/{self.batch[1]}" if self.batch else ""
+        return {**shown, "phase": self.fields["phase"] + batch}
 
     def _line(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -264,6 +267,7 @@ class RunProgress:
     def update(self, done: int, fields: dict) -> None:
         phase_changed = fields.get("phase", self.fields["phase"]) != self.fields["phase"]
         self.fields.update({k: v for k, v in fields.items() if k in self.fields})
+        self.batch = fields.get("batch")  # an evaluation pass's batches (not a phase change)
         self.done = min(done, self.total)
         if self.interactive:
             self.bar.update(self.task, completed=self.done, **self._shown())

@@ -56,13 +56,14 @@ def test_progress_in_a_log_file_is_plain_lines(caplog):
     with RunProgress("listops/softmax seed 0", 20, enabled=True, interactive=False, every_s=3600) as update:
         update(2, {"phase": "training", "loss": 2.0, "val": -1.0})   # within every_s of the first line: quiet
         update(4, {"phase": "validating"})                          # a phase change always shows
-        update(10, {"phase": "testing"})
+        update(4, {"phase": "validating", "batch": (1, 3)})         # batches of a pass: not a phase change
+        update(10, {"phase": "testing", "batch": (1, 2)})
         update(14, {"phase": "timing host overhead"})
         update(20, {"phase": "timing host overhead"})
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 5, lines
     assert [line.split(": ", 1)[1].split(",")[0] for line in lines] == [
-        "0/20 training", "4/20 validating", "10/20 testing", "14/20 timing host overhead", "20/20 done"]
+        "0/20 training", "4/20 validating", "10/20 testing batch 1/2", "14/20 timing host overhead", "20/20 done"]
     caplog.clear()
     with RunProgress("x", 4, enabled=True, interactive=False, every_s=0) as update:
         for step in range(1, 5):

@@ -80,7 +80,9 @@ def test_wandb_offline_run_logs_the_same_metrics(compose, tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     progress = [m.split(": ", 1)[1].split(",")[0] for m in messages if m.startswith("listops/softmax seed 0: ")]
     assert progress[0] == "0/10 training" and progress[-1] == "10/10 done", progress
-    assert {"6/10 validating", "6/10 testing", "8/10 timing host overhead"} <= set(progress), progress
+    # evaluation passes show their batches (test: 21 examples, eval batch 16)
+    assert {"6/10 validating", "6/10 testing (final)", "6/10 testing (best val) batch 1/2",
+            "8/10 timing host overhead"} <= set(progress), progress
     (summary,) = [m for m in messages if m.startswith("done: listops/softmax seed 0 [smoke]")]
     assert f"{100 * record['test_accuracy_final']:.2f}%" in summary and " ms/step, " in summary
     assert summary.endswith(f"{tmp_path / 'results' / 'records' / record['run_id']}.json")

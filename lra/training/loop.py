@@ -76,16 +76,21 @@ def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, rows=None) -> dict:
+def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, rows=None,
+             on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Loss and accuracy over the (first eval_limit examples of the) split; every example once.
 
-    ``rows``: the batch sharding (None: the default device)."""
+    ``rows``: the batch sharding (None: the default device); ``on_batch(done, total)`` after each
+    batch is dispatched (progress display)."""
     totals = None
     batch_size = cfg.eval_batch_size or cfg.batch_size
-    for batch in batching.prefetch_to_device(
-            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, rows):
+    examples = len(split) if cfg.eval_limit is None else min(len(split), cfg.eval_limit)
+    for done, batch in enumerate(batching.prefetch_to_device(
+            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, rows), start=1):
         sums = eval_fn(model_state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if on_batch is not None:
+            on_batch(done, -(-examples // batch_size))
     totals = jax.device_get(totals)
     count = float(totals["count"])
     return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count,
@@ -210,7 +215,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
         if is_eval:
             if progress is not None:
                 progress(step, {"phase": "validating", "loss": run.last_train.get("loss")})
-            val = evaluate(eval_fn, model_state, splits["val"], cfg, rows)
+            val = evaluate(eval_fn, model_state, splits["val"], cfg, rows, None if progress is None else
+                           lambda done, total: progress(step, {"phase": "validating", "batch": (done, total)}))
             log_and_keep(step, "val", val)
             if val["accuracy"] > run.best["accuracy"]:
                 run.best = {"accuracy": val["accuracy"], "loss": val["loss"], "step": step}
@@ -234,9 +240,13 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
             batch = next(train_iter)
 
     if progress is not None:
-        progress(cfg.steps, {"phase": "testing"})
-    test_final = evaluate(eval_fn, model_state, splits["test"], cfg, rows)
-    test_best = evaluate(eval_fn, best_state, splits["test"], cfg, rows)
+        progress(cfg.steps, {"phase": "testing (final)"})
+    def testing(which):
+        return None if progress is None else (
+            lambda done, total: progress(cfg.steps, {"phase": f"testing ({which})", "batch": (done, total)}))
+
+    test_final = evaluate(eval_fn, model_state, splits["test"], cfg, rows, testing("final"))
+    test_best = evaluate(eval_fn, best_state, splits["test"], cfg, rows, testing("best val"))
     log(cfg.steps, "test_final", test_final)
     log(cfg.steps, "test_best_val", test_best)
 
