@@ -33,7 +33,8 @@ ACCELERATOR_PACKAGES := jax-cuda12-plugin jax-cuda12-pjrt jax-cuda13-plugin jax-
 PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check $(if $(WHEELHOUSE),--no-index --find-links $(abspath $(WHEELHOUSE)))
 # Comma-separated task names; a sweep runs every attention x task x seed.
 TASK ?= listops
-# smoke | lra_official | pytorch_lineage
+# smoke | lra_official | pytorch_lineage. `make` targets are the real sweeps, so lra_official; a bare
+# `python -m lra.train` defaults to smoke instead (configs/config.yaml says why).
 PRESET ?= lra_official
 # Comma-separated attention config names; empty = every registered attention runnable here.
 ATTENTION ?=
@@ -69,7 +70,7 @@ DTYPE ?= float32
 BATCH ?= 32
 BENCH_ARGS ?=
 
-.PHONY: help install wheelhouse lock-variants FORCE sweep run data leaderboard reproduce browser bench approx test test-slow lock clean
+.PHONY: help install wheelhouse lock-variants FORCE sweep run data leaderboard reproduce check-kernel browser bench approx test test-slow lock clean
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
@@ -81,6 +82,7 @@ help:
 	@echo "make sweep TASK=listops ATTENTION=my_kernel,softmax KERNEL_DIR=path/to/my_kernels   your own attention"
 	@echo "make leaderboard [RESULTS=results/smoke]   rebuild results/*/leaderboard.{md,html} + plots, results/leaderboard.*"
 	@echo "make reproduce TABLE=lra_table1|skyformer_table1|nystromformer_table1 [REPRODUCE_ARGS=--dry-run]   measured vs published"
+	@echo "make check-kernel ATTENTION=my_kernel [KERNEL_DIR=my_kernels]   a kernel's report card: contract checks, memory, error"
 	@echo "make browser                           install Debian's chromium for the leaderboard page test"
 	@echo "make test | make test-slow             test suite | including slow tests"
 	@echo "make install [CUDA=12|13 | TPU=1] [WHEELHOUSE=dir]   .venv from requirements/lock.txt (+ the variant's pins); shows the devices"
@@ -132,6 +134,10 @@ leaderboard: install
 
 reproduce: install
 	$(KERNEL_ENV) $(PY) -m lra.reproduce --table $(TABLE) $(REPRODUCE_ARGS)
+
+check-kernel: install
+	@test -n "$(ATTENTION)" || { echo "check-kernel: name the attention, e.g. make check-kernel ATTENTION=my_kernel KERNEL_DIR=my_kernels"; exit 2; }
+	$(KERNEL_ENV) $(PY) -m lra.kernel_card $(ATTENTION)
 
 # Debian's Chromium for the leaderboard page test (tests/test_leaderboard_html.py), when absent.
 browser:

@@ -12,7 +12,7 @@ Construction
 
     Its YAML file in ``configs/attention/`` names the class with Hydra's ``_target_`` and
     ``_partial_: true`` and lists the knobs; the encoder completes the call with ``spec`` and
-    ``rngs`` once per layer. Two keys of that YAML are read by the harness and not passed on:
+    ``rngs`` once per layer. Three keys of that YAML are read by the harness and not passed on:
     ``name`` (the row label on the leaderboard), ``requires`` (the backends it runs on, e.g.
     ``[gpu]``; sweeps on any other backend skip it and say so) and ``positional_bias`` (the name of an
     add-on in ``configs/positional_bias/`` that this registered combination always uses).

@@ -59,12 +59,17 @@ def git_state(repo: Path | None = None) -> tuple[str, bool | None]:
         return "unknown", None
 
 
+def device_name() -> str:
+    """``<platform>:<device kind>`` of device 0: a record's ``device``."""
+    device = jax.local_devices()[0]
+    return f"{device.platform}:{device.device_kind}"
+
+
 def provenance() -> dict[str, str | int | bool | None]:
     """Where a result came from: device, library versions, harness commit and date."""
-    device = jax.local_devices()[0]
     sha, dirty = git_state()
     info = {
-        "device": f"{device.platform}:{device.device_kind}",
+        "device": device_name(),
         "device_count": jax.device_count(),
         "python": platform.python_version(),
         "host": platform.node(),

@@ -1,7 +1,7 @@
 """Reproduce a published table: measured versus published, cell by cell.
 
     python -m lra.reproduce --list                          # the tables results/published/tables.yaml maps
-    python -m lra.reproduce --table lra_table1 --dry-run    # what exists, what would run
+    python -m lra.reproduce --table lra_table1 --dry-run    # what exists, what would run, how long
     python -m lra.reproduce --table skyformer_table1        # run what is missing, then compare
     python -m lra.reproduce --table lra_table1 --reuse-only # compare what exists, run nothing
 
@@ -14,7 +14,9 @@ counts too (``lra.results.comparable_runs``: one record per seed, the cell's new
 that ran exactly this table's settings (their ``settings_changed`` equal the table's overrides; older
 records without it are matched by ``match``). Finished runs are measured; seeds with no finished or
 diverged run are run through the same sweep entry point as ``make sweep`` (one multirun per task),
-unless ``--reuse-only`` or ``--dry-run``.
+unless ``--reuse-only`` or ``--dry-run``. Cells the paper reports as FAIL are not run unless
+``--include-fail``. ``--dry-run`` prints the plan (``lra.reproduce_plan``): model × task, runs and
+steps, an estimate of device time, missing datasets and the commands, ready to paste.
 
 The comparison uses the checkpoint the protocol reports (its ``test_checkpoint``). Per cell:
 published, measured mean ± sample std over n seeds, difference (measured − published), and
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +43,7 @@ from lra.atomic_files import atomic_write_text
 from lra.leaderboard.markdown import markdown_table
 from lra.leaderboard.table import CHECKPOINT_COLUMNS, MISSING
 from lra.registry import registered_attentions
+from lra.reproduce_plan import plan_lines, without_failed_cells
 from lra.results import comparable_runs, read_records
 from lra.run_identity import is_operational
 
@@ -221,7 +225,8 @@ def sweep_commands(spec: dict, plan: dict[str, dict[str, list[int]]], extra: lis
             commands.append([sys.executable, "-m", "lra.train", "--multirun", f"task={task}",
                              f"protocol={spec['protocol']}", f"attention={','.join(attentions)}",
                              f"seed={','.join(map(str, seeds))}", *spec.get("overrides", []),
-                             *(spec.get("task_overrides") or {}).get(task, []), *extra])
+                             *(spec.get("task_overrides") or {}).get(task, []), "logger.wandb.job_type=reproduce",
+                             *extra])
     return commands
 
 
@@ -245,7 +250,8 @@ def comparison_frame(cells: list[ComparedCell], spread: float) -> pd.DataFrame:
 
 def reproduce(table: str, results_root: Path = REPO / "results", *, reuse_only: bool = False, dry_run: bool = False,
               spread: float = 2.0, extra_overrides: list[str] = (), tables_file: Path = TABLES_FILE,
-              echo=print) -> tuple[pd.DataFrame, list[list[str]]]:
+              echo=print, include_failed: bool = False,
+              bench_root: Path = REPO / "results" / "bench") -> tuple[pd.DataFrame, list[list[str]]]:
     """Compare (after running what is missing unless reuse_only/dry_run); returns (comparison, commands)."""
     spec, published = load_table(table, tables_file)
     results_dir = Path(results_root) / spec["protocol"]
@@ -254,12 +260,21 @@ def reproduce(table: str, results_root: Path = REPO / "results", *, reuse_only: 
     extra = list(extra_overrides)
     records = comparable_runs(read_records(results_dir)).kept
     cells = collect(spec, published, records, tasks_here, attentions_here, extra)
-    commands = sweep_commands(spec, missing_runs(spec, cells, records, extra),
-                              [f"paths.results_dir={results_dir}", *extra])
+    plan = without_failed_cells(missing_runs(spec, cells, records, extra), cells, include_failed)
+    commands = sweep_commands(spec, plan, [f"paths.results_dir={results_dir}", *extra])
     echo(f"{table}: {spec.get('citation', spec['file'])}")
     echo(f"protocol {spec['protocol']}, {spec['seeds']} seeds per cell, records from {results_dir}")
-    for command in commands:
-        echo(("would run: " if (dry_run or reuse_only) else "running: ") + " ".join(command[1:]))
+    if dry_run:
+        from lra.bench.report import device_slug
+        from lra.metrics import device_name
+
+        task_overrides = {task: [*spec.get("overrides", []), *(spec.get("task_overrides") or {}).get(task, []),
+                                 *extra] for task in plan}
+        for line in plan_lines(spec, cells, plan, commands, records, device_name(),
+                               Path(bench_root) / device_slug(), task_overrides, include_failed):
+            echo(line)
+    for command in [] if dry_run else commands:  # a dry run printed them with its plan
+        echo(("would run: " if reuse_only else "running: ") + shlex.join(command))
     if commands and not (dry_run or reuse_only):
         for command in commands:
             result = subprocess.run(command, cwd=REPO, env=os.environ.copy())
@@ -292,6 +307,7 @@ def main(argv=None) -> None:
     parser.add_argument("--results-root", default=str(REPO / "results"), help="folder of protocol folders")
     parser.add_argument("--reuse-only", action="store_true", help="compare existing records, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print what exists and what would run; write nothing")
+    parser.add_argument("--include-fail", action="store_true", help="also run cells the paper reports as FAIL")
     parser.add_argument("--spread", type=float, default=2.0, help="within spread: |diff| <= SPREAD x seed std")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for new runs (e.g. logger=csv)")
     args = parser.parse_args(argv)
@@ -300,7 +316,7 @@ def main(argv=None) -> None:
             print(f"{name:20s} {spec['protocol']:16s} {spec.get('citation', '')}")
         return
     frame, _ = reproduce(args.table, Path(args.results_root), reuse_only=args.reuse_only, dry_run=args.dry_run,
-                         spread=args.spread, extra_overrides=args.overrides)
+                         spread=args.spread, extra_overrides=args.overrides, include_failed=args.include_fail)
     print(markdown_table(frame))
 
 

@@ -89,7 +89,9 @@ FIELDS: tuple[Field, ...] = tuple([
              ("tokens_per_s", "batch_size * max_length / step_time_median_s (padded tokens)"),
              ("compile_time_s", "compile time of the train step (micro_batch=auto: of every candidate tried)"),
              ("eval_compile_time_s", "compile time of the eval step"),
-             ("flops_per_step", "XLA's cost analysis of the compiled train step")),
+             ("flops_per_step", "XLA's cost analysis of the compiled train step"),
+             ("wall_time_s", "wall time of the run in this process: data loading to record (a resumed "
+                             "run: since it resumed)")),
     *_fields("cost", int,
              ("step_time_windows", "logging windows behind the median"),
              ("xla_step_bytes", "XLA compiled memory of the train step (arguments + outputs + temporaries "

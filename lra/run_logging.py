@@ -1,4 +1,16 @@
-"""Where a run's metrics go: the run directory's ``metrics.csv`` and, if enabled, Weights & Biases.
+"""What a run shows and where its metrics go: ``metrics.csv``, Weights & Biases, the console.
+
+- ``metrics.csv`` and W&B get the same numbers: ``MetricSinks`` sends every logged point to both, and
+  the CSV has a column for every key a point can carry (``METRIC_COLUMNS``); an unknown key is an error.
+  At the end of a run one ``run`` row carries its costs (compile times, memory, median step time,
+  wall time).
+- W&B runs (``wandb_run_options``): one ``group`` per sweep, a ``job_type`` (train | bench |
+  reproduce), tags for protocol, task, attention, seed and every non-default setting, and an id derived
+  from the run's identity, so a preempted run that resumes continues the same W&B run. Smoke runs go
+  to their own project (``<project>-smoke``) so they never mix with real ones.
+- The console: ``RunProgress`` covers the whole run (training, evaluation passes, the host-overhead
+  windows); on a terminal it is a progress bar, in a log file periodic plain lines. ``run_summary_line``
+  is the one line printed when a run finishes.
 
 W&B is imported only when enabled. Its mode follows ``WANDB_MODE`` when set; otherwise a run goes
 online only if an account is configured (``WANDB_API_KEY`` or a ``~/.netrc`` entry for W&B), else
@@ -18,7 +30,10 @@ import csv
 import logging
 import math
 import os
+import re
 import socket
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,7 +41,17 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 
-METRIC_COLUMNS = ("step", "split", "loss", "accuracy", "learning_rate", "step_time_s", "examples_per_s")
+METRIC_COLUMNS = (
+    "step", "split",
+    "loss", "accuracy", "grad_norm", "learning_rate", "step_time_s", "examples_per_s",  # train windows
+    "examples",  # evaluation passes (val, test_final, test_best_val)
+    # the run's costs, one `run` row at the end (RUN_COST_KEYS)
+    "step_time_median_s", "compile_time_s", "eval_compile_time_s", "xla_step_bytes", "xla_temp_bytes",
+    "device_peak_bytes", "wall_time_s",
+)
+RUN_COST_KEYS = METRIC_COLUMNS[METRIC_COLUMNS.index("step_time_median_s"):]
+JOB_TYPES = ("train", "bench", "reproduce")
+SMOKE_PROTOCOLS = ("smoke",)  # protocols whose accuracies mean nothing: own W&B project, leaderboard banner
 
 
 class CsvMetricsWriter:
@@ -36,10 +61,14 @@ class CsvMetricsWriter:
         self.path = Path(run_dir) / "metrics.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
         self._writer.writeheader()
 
     def log(self, step: int, split: str, metrics: dict) -> None:
+        unknown = sorted(set(metrics) - set(METRIC_COLUMNS))
+        if unknown:  # W&B would get them and the CSV not: the two must carry the same metrics
+            raise KeyError(f"metrics {unknown} have no metrics.csv column; add them to "
+                           "lra.run_logging.METRIC_COLUMNS")
         try:
             self._writer.writerow({"step": step, "split": split, **metrics})
             self._file.flush()
@@ -78,11 +107,40 @@ def wandb_server_reachable(timeout: float = CONNECT_TIMEOUT_S) -> str | None:
         return f"cannot connect to {host}:{port} ({error or type(error).__name__})"
 
 
+def _tag(text: str) -> str:
+    return str(text)[:64]  # W&B's limit on a tag
+
+
+def wandb_run_options(*, project: str, protocol: str, task: str, attention: str, seed: int, fingerprint: str,
+                      settings_changed: list[str] | None, sweep_id: str | None, job_type: str = "train") -> dict:
+    """The ``wandb.init`` arguments that place a run: project, id, group, job type, tags.
+
+    The id is the run's identity (protocol, task, attention, seed and the settings fingerprint), so
+    rerunning a preempted command resumes the same W&B run; a changed setting is another run.
+    """
+    if job_type not in JOB_TYPES:
+        raise ValueError(f"W&B job_type must be one of {JOB_TYPES}, got {job_type!r}")
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{protocol}-{task}-{attention}-s{seed}")
+    tags = [_tag(f"protocol:{protocol}"), _tag(f"task:{task}"), _tag(f"attention:{attention}"), f"seed:{seed}"]
+    tags += [_tag(change) for change in settings_changed or []]
+    if settings_changed is None:
+        tags.append("settings:unknown")
+    if protocol in SMOKE_PROTOCOLS:
+        tags.append("smoke")
+    return {"project": f"{project}-smoke" if protocol in SMOKE_PROTOCOLS else project,
+            "id": f"{readable[:80]}-{fingerprint[:16]}", "group": sweep_id, "job_type": job_type, "tags": tags}
+
+
 class WandbSink:
-    """Thin wrapper around a wandb run: ``log``, ``summary``, ``finish``."""
+    """Thin wrapper around a wandb run: ``log``, ``summary``, ``finish``.
+
+    ``run_id`` given: the W&B run with that id is continued if it exists (``resume="allow"``);
+    points at steps it already has (a resumed run replays its history) are not sent again.
+    """
 
     def __init__(self, *, project: str, run_dir: str | Path, name: str, config: dict,
-                 mode: str | None = None, entity: str | None = None, tags: list | None = None):
+                 mode: str | None = None, entity: str | None = None, tags: list | None = None,
+                 run_id: str | None = None, group: str | None = None, job_type: str | None = None):
         mode = resolve_wandb_mode(mode)
         if mode == "online":
             unreachable = wandb_server_reachable()
@@ -96,7 +154,8 @@ class WandbSink:
         import wandb
 
         arguments = dict(project=project, entity=entity, name=name, config=config, dir=str(run_dir),
-                         tags=tags, reinit="finish_previous")
+                         tags=tags, id=run_id, resume="allow" if run_id else None, group=group,
+                         job_type=job_type, reinit="finish_previous")
         try:
             self.run = wandb.init(mode=mode, **arguments)
         except Exception as error:  # noqa: BLE001 - W&B must never cost a run
@@ -106,8 +165,16 @@ class WandbSink:
             mode = os.environ["WANDB_MODE"] = "offline"
             self.run = wandb.init(mode=mode, **arguments)
         self.mode = mode
+        self.starting_step = int(getattr(self.run, "starting_step", 0) or 0)
+
+    @property
+    def offline_dir(self) -> Path | None:
+        """The offline run's folder (what ``wandb sync`` uploads); None when online."""
+        return Path(self.run.dir).parent if self.mode == "offline" else None
 
     def log(self, step: int, split: str, metrics: dict) -> None:
+        if step < self.starting_step:
+            return  # the resumed W&B run has this point already
         values = {f"{split}/{key}": value for key, value in metrics.items()
                   if isinstance(value, (int, float)) and math.isfinite(value)}
         self.run.log(values, step=step)
@@ -146,3 +213,118 @@ class MetricSinks:
             self._guarded(self.wandb.summary, record)
         if self.wandb is not None:
             self._guarded(self.wandb.finish)
+
+
+def run_costs(metrics: dict, wall_time_s: float) -> dict:
+    """The ``run`` row logged at the end of a run: its compile times, memory, step time, wall time."""
+    values = {key: metrics.get(key) for key in RUN_COST_KEYS if key != "wall_time_s"}
+    return {key: value for key, value in {**values, "wall_time_s": wall_time_s}.items() if value is not None}
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return "n/a"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def run_summary_line(record: dict, record_path: str | Path | None) -> str:
+    """One line for a finished run: what ran, its headline accuracy, speed, memory, wall time, record."""
+    what = f"{record['task']}/{record['attention']} seed {record['seed']} [{record['protocol']}]"
+    where = f" -> {record_path}" if record_path else ""
+    if record.get("status") != "ok":
+        reason = record.get("error") or record.get("divergence") or ""
+        return f"{record.get('status')}: {what}: {reason}{where}"
+    checkpoint = record.get("test_checkpoint") or "final"
+    accuracy = record.get(f"test_accuracy_{checkpoint}")
+    step = record.get("step_time_median_s")
+    memory = record.get("device_peak_bytes") or record.get("xla_step_bytes")
+    memory_kind = "device peak" if record.get("device_peak_bytes") else "XLA step"
+    return (f"done: {what}: test acc {'n/a' if accuracy is None else f'{100 * accuracy:.2f}%'} ({checkpoint}), "
+            f"{'n/a' if step is None else f'{1000 * step:.2f}'} ms/step, {_bytes(memory)} {memory_kind} memory, "
+            f"wall {_duration(record.get('wall_time_s'))}{where}")
+
+
+class RunProgress:
+    """Progress over a whole run: training steps, evaluation passes and the host-overhead windows.
+
+    Used as ``with RunProgress(label, total, enabled) as progress:``; ``progress(done, fields)`` with
+    ``done`` in units of train steps (the overhead windows' steps counted after training) and
+    ``fields`` holding ``phase`` (training | validating | testing (final) | testing (best val) |
+    timing host overhead), ``loss``, ``val`` (best validation accuracy) and, during an evaluation
+    pass, ``batch`` (done, total). On a terminal: a rich bar with elapsed time, so an evaluation
+    pass never looks like a hang. Otherwise (a log file): one plain log line at every phase change and
+    at most every ``every_s`` seconds in between.
+    """
+
+    def __init__(self, label: str, total: int, enabled: bool, interactive: bool | None = None,
+                 every_s: float = 30.0):
+        self.label, self.total, self.enabled, self.every_s = label, total, enabled, every_s
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.fields = {"phase": "training", "loss": None, "val": None}
+        self.batch: tuple[int, int] | None = None  # (done, total) of an evaluation pass
+        self.done, self._last_line, self._start = 0, None, time.monotonic()
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        self._start = time.monotonic()
+        if self.interactive:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[phase]}  loss {task.fields[loss]}  "
+                                           "best val {task.fields[val]}"),
+                                TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.label, total=self.total, **self._shown())
+        else:
+            self._line(force=True)
+        return self.update
+
+    def _shown(self) -> dict:
+        shown = {k: ("–" if v is None or v < 0 else f"{v:.3f}") for k, v in self.fields.items() if k != "phase"}
+        batch = f" batch {self.batch[0]}/{self.batch[1]}" if self.batch else ""
+        return {**shown, "phase": self.fields["phase"] + batch}
+
+    def _line(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self._last_line is not None and now - self._last_line < self.every_s:
+            return
+        self._last_line = now
+        shown = self._shown()
+        log.info("%s: %d/%d %s, loss %s, best val %s, elapsed %s", self.label, self.done, self.total,
+                 shown["phase"], shown["loss"], shown["val"], _duration(now - self._start))
+
+    def update(self, done: int, fields: dict) -> None:
+        phase_changed = fields.get("phase", self.fields["phase"]) != self.fields["phase"]
+        self.fields.update({k: v for k, v in fields.items() if k in self.fields})
+        self.batch = fields.get("batch")  # an evaluation pass's batches (not a phase change)
+        self.done = min(done, self.total)
+        if self.interactive:
+            self.bar.update(self.task, completed=self.done, **self._shown())
+        else:
+            self._line(force=phase_changed)
+
+    def __exit__(self, *exc):
+        if not self.enabled:
+            return
+        if self.interactive:
+            self.bar.__exit__(*exc)
+        elif exc[0] is None:
+            self.fields["phase"] = "done"
+            self._line(force=True)

@@ -4,17 +4,20 @@
   job) records it; then the pre-flight check of every swept attention on a tiny input
   (``lra.preflight``), which names a broken one with what it returned before anything trains.
 - At the end: the protocol's leaderboard is rebuilt and printed, then a summary of this sweep's
-  runs. A run that raised was recorded as ``failed`` and the sweep went on; if any did, they are
-  listed (error and log file) and the command exits with status 1. Jobs refused before they became
-  runs (a bad config value, a checkpoint directory in use) leave no record; those of this process
-  (``NOT_RUN``) are listed too and also make the sweep exit with status 1.
+  runs, and where to look: the leaderboard's markdown, HTML page and plots, and the W&B offline runs
+  with the command that uploads them. A run that raised was recorded as ``failed`` and the sweep
+  went on; if any did, they are listed (error and log file) and the command exits with status 1.
+  Jobs refused before they became runs (a bad config value, a checkpoint directory in use) leave no
+  record; those of this process (``NOT_RUN``) are listed too and also make the sweep exit with status 1.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import time
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
@@ -33,6 +36,28 @@ def swept_attentions(config: DictConfig) -> list[str]:
                 return list(override.sweep_string_iterator())
             return [str(override.value())]
     return [str(config.hydra.runtime.choices.get("attention"))]
+
+
+def sweep_pointers(results_dir: str | Path, runs: list[dict]) -> list[str]:
+    """Where a sweep's outputs are: leaderboard markdown, HTML page and plots; the W&B offline runs
+    of its runs and the command that uploads them (``wandb sync``)."""
+    from lra.leaderboard import HTML_FILE, LEADERBOARD_FILE
+
+    results_dir = Path(results_dir)
+    lines = []
+    pages = [results_dir / name for name in (LEADERBOARD_FILE, HTML_FILE) if (results_dir / name).exists()]
+    if pages:
+        lines.append("leaderboard: " + ", ".join(str(p) for p in pages))
+    plots = sorted(results_dir.glob("leaderboard_*.png")) + sorted(results_dir.glob("plots/*/leaderboard_*.png"))
+    if plots:
+        lines.append("plots: " + ", ".join(str(p) for p in plots))
+    offline = sorted(d for r in runs if r.get("run_dir") for d in Path(r["run_dir"]).glob("wandb/offline-run-*")
+                     if d.is_dir())
+    if offline:
+        lines.append(f"W&B: {len(offline)} offline run(s), e.g. {offline[0]}; to upload them (needs network and "
+                     "`wandb login`):")
+        lines.append("  wandb sync " + " ".join(shlex.quote(str(d)) for d in offline))
+    return lines
 
 
 class SweepCallback(Callback):
@@ -69,14 +94,17 @@ class SweepCallback(Callback):
         failed = [r for r in runs if r["status"] == "failed"]
         counts = {status: sum(r["status"] == status for r in runs) for status in ("ok", "diverged", "failed")}
         print(f"sweep {self.sweep_id}: {len(runs)} runs recorded: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        for line in sweep_pointers(self.results_dir, runs):
+            print(line)
         not_run, NOT_RUN[:] = list(NOT_RUN), []
         if not_run:
             print(f"sweep: {len(not_run)} job(s) refused before training (no record):")
             for line in not_run:
                 print(f"  {line}")
-        if failed or not_run:
+        if failed:
             print(f"sweep: {len(failed)} of {len(runs)} runs failed:")
             for record in failed:
                 where = f" (log: {record['log_path']})" if record.get("log_path") else ""
                 print(f"  {record['task']}/{record['attention']} seed {record['seed']}: {record['error']}{where}")
+        if failed or not_run:
             raise SystemExit(1)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -40,12 +41,13 @@ from lra.metrics import provenance
 from lra.model import count_parameters
 from lra.registry import registered_attentions
 from lra.result_record import NO_ACCURACY, make_record
-from lra.results import new_run_id, write_record
+from lra.results import RECORDS, new_run_id, write_record
 from lra.run_identity import (RunIdentity, checkpoint_directory, compose_defaults, explain_fresh_start, run_identity,
                               settings, settings_changed)
-from lra.run_logging import CsvMetricsWriter, MetricSinks, WandbSink
+from lra.run_logging import (CsvMetricsWriter, MetricSinks, RunProgress, WandbSink, run_costs, run_summary_line,
+                             wandb_run_options)
 from lra.sweep import NOT_RUN, SWEEP_ID_VARIABLE
-from lra.training.loop import DivergenceError, LoopConfig, train_and_evaluate
+from lra.training.loop import DivergenceError, LoopConfig, progress_total, train_and_evaluate
 from lra.training.optimizer import build_optimizer
 from lra.training.sharding import initialize_distributed, is_primary
 
@@ -147,6 +149,7 @@ def run(cfg: DictConfig) -> dict:
 def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
     """``run`` once the record's identity fields are known; fills ``record`` in as it goes."""
     primary = is_primary()
+    started = time.monotonic()
     attention_cfg = task_attention_config(cfg)
     attention_settings = OmegaConf.to_container(attention_cfg, resolve=True)
     identity = run_identity(OmegaConf.to_container(cfg, resolve=True), attention_settings)
@@ -189,6 +192,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
         if primary:  # a rerun into another results store still gets its row there
             with contextlib.suppress(FileExistsError):
                 write_record(cfg.paths.results_dir, finished)
+            log.info(run_summary_line(finished, Path(cfg.paths.results_dir) / RECORDS / f"{finished['run_id']}.json"))
         return finished
     model = build_model(cfg, cache.vocab_size, attention_factory, bias_factory)
     tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
@@ -196,16 +200,22 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
 
     wandb_sink = None
     if cfg.logger.wandb.enabled and primary:
-        wandb_sink = WandbSink(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
+        placement = wandb_run_options(project=cfg.logger.wandb.project, protocol=cfg.protocol.name,
+                                      task=cfg.task.name, attention=record["attention"], seed=int(cfg.seed),
+                                      fingerprint=identity.fingerprint, settings_changed=changed,
+                                      sweep_id=record["sweep_id"], job_type=cfg.logger.wandb.get("job_type", "train"))
+        wandb_sink = WandbSink(project=placement["project"], entity=cfg.logger.wandb.entity,
                                mode=cfg.logger.wandb.mode, run_dir=run_dir, name=record["run_id"], config=resolved,
-                               tags=[cfg.task.name, record["attention"], cfg.protocol.name])
+                               tags=placement["tags"], run_id=placement["id"], group=placement["group"],
+                               job_type=placement["job_type"])
     sinks = MetricSinks(CsvMetricsWriter(run_dir), wandb_sink) if primary else None
     loop_cfg = LoopConfig(max_length=batch_length(cfg.task), seed=int(cfg.seed),
                           **OmegaConf.to_container(cfg.train, resolve=True))
     label = f"{cfg.task.name}/{record['attention']} seed {cfg.seed}"
     result = None
     try:
-        with StopRequest() as stop, ProgressBar(label, loop_cfg.steps, enabled=cfg.progress and primary) as progress:
+        with StopRequest() as stop, RunProgress(label, progress_total(loop_cfg),
+                                                 enabled=cfg.progress and primary) as progress:
             try:
                 metrics = train_and_evaluate(model, optimizer, learning_rate,
                                              {split: cache[split] for split in ("train", "val", "test")},
@@ -217,11 +227,14 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
                 metrics = NO_ACCURACY
                 outcome = {"status": "diverged", "diverged_at_step": error.step,
                            "last_checkpoint_step": error.last_checkpoint, "divergence": str(error)}
+        wall_time = time.monotonic() - started
+        if sinks is not None and outcome["status"] == "ok":
+            sinks.log(loop_cfg.steps, "run", run_costs(metrics, wall_time))
         result = make_record(**{**record, **metrics, **outcome, "param_count": count_parameters(model),
-                                **provenance()})
+                                "wall_time_s": wall_time, **provenance()})
         if primary:
             atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2, default=str) + "\n")
-            write_record(cfg.paths.results_dir, result)
+            log.info(run_summary_line(result, write_record(cfg.paths.results_dir, result)))
         if checkpoints is not None:
             checkpoints.finish(result)
     except Preempted as preempted:
@@ -237,34 +250,6 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
 
 def _discard(step: int, split: str, metrics: dict) -> None:
     """The metric sink of processes other than 0."""
-
-
-class ProgressBar:
-    """A rich progress bar for one run (steps, loss, best val accuracy); silent when disabled."""
-
-    def __init__(self, label: str, total: int, enabled: bool):
-        self.label, self.total, self.enabled = label, total, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}  best val {task.fields[val]}"),
-                            TimeRemainingColumn())
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total, loss="–", val="–")
-
-        def update(step, fields):
-            shown = {k: ("–" if v is None or v < 0 else f"{v:.3f}") for k, v in fields.items()}
-            self.bar.update(task, completed=step, **shown)
-
-        return update
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")

@@ -20,6 +20,8 @@ from lra.checkpointing import EXIT_PREEMPTED, CheckpointError, RunCheckpoints, S
 from lra.results import read_records
 from lra.train import run
 from tests.conftest import REPO, TINY_OVERRIDES
+from tests.wandb_files import logged_run
+
 
 # ---------------------------------------------------------------------------------------------
 # RunCheckpoints on a tiny model (no training, no compilation)
@@ -167,7 +169,7 @@ def test_sigterm_then_rerun_continues_exactly(compose, tmp_path):
     # the command line run, stopped by a real SIGTERM once its first periodic checkpoint is written
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     killed = subprocess.Popen([sys.executable, "-m", "lra.train", *TINY_OVERRIDES, *RESUME_OVERRIDES, *shared,
-                               f"paths.data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'first'}"],
+                               f"paths.data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'first'}", "logger=wandb"],
                               cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = []
     for line in killed.stdout:
@@ -183,7 +185,8 @@ def test_sigterm_then_rerun_continues_exactly(compose, tmp_path):
     assert not (tmp_path / "cli_results" / "records").exists()  # no record for an unfinished run
 
     # the same command again (here in this process; only where it logs differs): it resumes
-    record = run(compose(*RESUME_OVERRIDES, *shared, "checkpoint.dir=null", f"run_dir={tmp_path / 'second'}"))
+    record = run(compose(*RESUME_OVERRIDES, *shared, "checkpoint.dir=null", f"run_dir={tmp_path / 'second'}",
+                         "logger=wandb"))
     assert record["resumed_from_step"] == stopped and record["status"] == "ok"
     for key in COMPARED:
         assert record[key] == reference[key], key
@@ -195,6 +198,9 @@ def test_sigterm_then_rerun_continues_exactly(compose, tmp_path):
         for a, b in zip(_leaves(nnx.state(resumed_model)), _leaves(nnx.state(reference_model))):
             np.testing.assert_array_equal(a, b)
     assert len(read_records(tmp_path / "cli_results")) == 1
+    # the resumed run continues the same W&B run (its id is the run's identity)
+    first, second = logged_run(tmp_path / "first"), logged_run(tmp_path / "second")
+    assert first.run_id == second.run_id and first.run_id.endswith(record["fingerprint"][:16])
 
 
 def test_stop_request_catches_signals_and_chains_submitit_requeue():

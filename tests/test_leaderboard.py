@@ -110,16 +110,35 @@ def test_write_leaderboard_markdown_html_and_plots(results_root):
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| protocol"))
     for attention in frame["attention"]:
-        assert len([line for line in lines if line.startswith(f"| lra_official | {attention} |")]) == 2  # + other ckpt
+        # the main table, step time and memory per task, the other checkpoint
+        assert len([line for line in lines if line.startswith(f"| lra_official | {attention} |")]) == 3
     softmax_line = next(line for line in lines if line.startswith("| lra_official | softmax |"))
     assert "42.50 ± 3.54 (n=2)" in softmax_line and softmax_line.count("|") == header.count("|")
     assert "Test accuracy at the other checkpoint" in text
+    # the table first, how it was computed below it; provenance of the counted records
+    assert text.index("| protocol") < text.index("## How this table was computed")
+    assert "- devices: cpu\n" in text and "- dates (UTC): 2026-01-01\n" in text
+    assert "Not a result" not in text  # lra_official is no smoke protocol
+    # absolute costs beside the ratios: linear 0.10 and 0.14 s/step against softmax's median 0.22
+    costs = text[text.index("## Step time and memory per task"):text.index("## Test accuracy at the other")]
+    linear = next(line for line in costs.splitlines() if line.startswith("| lra_official | linear |"))
+    assert "120 ms/step (1.83×, 1.57–2.20), 976.6 KiB (0.25×) (n=2)" in linear
     for png in ("leaderboard_speed_accuracy.png", "leaderboard_task_accuracy.png"):
         assert (directory / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in text
     page = (directory / HTML_FILE).read_text()
     assert page.count("<tr data-row=") == len(frame) and "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # self-contained
+    assert '<table id="costs"' in page and '<table id="other-checkpoint"' in page and 'id="provenance"' in page
+    assert page.index('id="leaderboard"') < page.index('<details class="notes"')
+
+
+def test_smoke_protocol_gets_a_banner(tmp_path):
+    write_record(tmp_path, make_record("s1", protocol="smoke"))
+    _, text, _ = write_leaderboard(tmp_path, plots=False)
+    assert text.index("> **Not a result.** Protocol `smoke`") < text.index("| protocol")
+    page = (tmp_path / HTML_FILE).read_text()
+    assert '<div class="banner" id="banner"><strong>Not a result.</strong> Protocol smoke' in page
 
 
 def test_combined_leaderboard_spans_protocols_and_skips_bench(results_root):
@@ -136,3 +155,30 @@ def test_write_leaderboard_on_empty_dir_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="sweep"):
         write_combined_leaderboard(tmp_path)
     assert not (tmp_path / LEADERBOARD_FILE).exists()
+
+
+@pytest.mark.parametrize("n", [3, 12, 25, 40])
+def test_plot_palette_never_repeats(n):
+    from lra.leaderboard.plots import palette
+
+    colours = [tuple(round(c, 4) for c in colour) for colour in palette(n)]
+    assert len(colours) == n and len(set(colours)) == n
+
+
+def test_speed_accuracy_plot_at_25_rows_names_points_in_a_legend(tmp_path, monkeypatch):
+    from lra.leaderboard import plots
+    from lra.leaderboard.table import Cell, Row
+
+    rows = [Row(protocol="lra_official", attention=f"attention_with_a_long_name_{i}", checkpoint="final",
+                cells={"listops": Cell(30.0 + 0.01 * i, None, 1, 0)}, other_cells={}, table_tasks=["listops"],
+                speed=1.0 + 0.001 * i, memory=1.0) for i in range(25)]  # 25 points almost on top of each other
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or path)
+    plots.speed_accuracy_plot(rows, tmp_path / "scatter.png")
+    axes = figures[0].axes[0]
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == [f"{i + 1}. {row.label}" for i, row in enumerate(rows)]
+    # at the points only their numbers, not the names that would overlap
+    assert sorted(int(t.get_text()) for t in axes.texts) == list(range(1, 26))
+    colours = {tuple(collection.get_facecolor()[0]) for collection in axes.collections}
+    assert len(colours) == 25

@@ -94,3 +94,16 @@ def test_clicking_attention_sorts_by_name(page):
     assert _click(page, "attention") == "ascending"
     names = [key.split("/")[1] for key in _order(page)]
     assert names == sorted(names)
+
+
+def test_secondary_tables_shown_and_notes_folded_below(page, board):
+    _, frame, _ = board
+    for table in ("#costs", "#other-checkpoint"):
+        assert page.locator(f"{table} tbody tr").count() == len(frame) and page.locator(table).is_visible()
+    assert page.locator("#provenance li").first.is_visible()
+    assert not page.locator("#notes p").first.is_visible()  # folded until opened
+    page.locator("#notes summary").click()
+    assert page.locator("#notes p").first.is_visible()
+    below = page.evaluate("""() => document.querySelector('#notes').getBoundingClientRect().top >
+                                   document.querySelector('#leaderboard').getBoundingClientRect().bottom""")
+    assert below

@@ -54,8 +54,11 @@ def test_make_sweep_ranks_the_users_kernel_against_softmax(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "seeds=0" in result.stdout  # the smoke preset sweeps one seed by default
     assert "LRA leaderboard" in result.stdout  # printed by the multirun-end callback
+    for name in ("my_kernel", "softmax"):  # one line per finished run, then where the pages are
+        assert f"done: listops/{name} seed 0 [smoke]: test acc " in result.stdout, result.stdout[-3000:]
+    assert f"leaderboard: {tmp_path / 'results' / 'leaderboard.md'}" in result.stdout
 
-    leaderboard = (tmp_path / "results" / "leaderboard.md").read_text().split("## Test accuracy at the other")[0]
+    leaderboard = (tmp_path / "results" / "leaderboard.md").read_text().split("\n## ")[0]  # the main table
     # a row's label is the attention, then the settings this variant changed from its protocol (the tiny overrides)
     lines = {line.split("|")[2].strip().split(" [")[0]: line
              for line in leaderboard.splitlines() if line.startswith("| smoke |")}

@@ -75,7 +75,7 @@ def test_comparison_difference_and_spread(tmp_path, only_listops):
     # mapped in the table without any record here run all their seeds
     assert [c[3:] for c in commands if "attention=performer" in c] == [
         ["--multirun", "task=listops", "protocol=lra_official", "attention=performer", "seed=1,2",
-         f"paths.results_dir={official}"]]
+         "logger.wandb.job_type=reproduce", f"paths.results_dir={official}"]]
     assert all("seed=0,1,2" in c and "attention=softmax" not in c and "linear" not in c[6]
                for c in commands if "attention=performer" not in c)
     written = (official / "reproduce_lra_table1.md").read_text()
@@ -119,7 +119,7 @@ def test_average_and_runs_launched_for_missing_cells(tmp_path, monkeypatch):
     frame, commands = reproduce("toy", tmp_path / "results", tables_file=tmp_path / "tables.yaml",
                                 echo=lambda *a: None)
     assert len(launched) == 1 and launched[0][4:] == ["task=text", "protocol=lra_official", "attention=softmax",
-                                                        "seed=0,1", "train.steps=100", "task.x=1",
+                                                        "seed=0,1", "train.steps=100", "task.x=1", "logger.wandb.job_type=reproduce",
                                                         f"paths.results_dir={results}"]
     cells = _cells(frame)
     assert cells[("softmax", "text")]["measured"] == "60.50 ± 0.71 (n=2)"
@@ -128,3 +128,63 @@ def test_average_and_runs_launched_for_missing_cells(tmp_path, monkeypatch):
     assert cells[("softmax", "avg")]["difference"] == "+0.75" and cells[("softmax", "avg")]["within spread"] == "yes"
     assert cells[("—", "avg")]["status"] == "not implemented"
     assert len([r for r in read_records(results) if r["task"] == "text"]) == 4
+
+
+def test_dry_run_plans_runs_steps_device_time_data_and_commands(tmp_path, monkeypatch):
+    """--dry-run: model x task table, runs and steps, device time from records then bench figures,
+    missing datasets with their make data command, pasteable commands; FAIL cells skipped unless asked."""
+    import shlex
+
+    from lra.bench.report import device_slug
+    from lra.metrics import device_name
+
+    (tmp_path / "paper.csv").write_text("model,listops,pathx,source,notes\n"
+                                        "Transformer,36.00,FAIL,Some paper Table 1,\n"
+                                        "Linear,16.00,50.00,Some paper Table 1,\n"
+                                        "Unbuilt,1,2,Some paper Table 1,\n")
+    (tmp_path / "tables.yaml").write_text(json.dumps({"toy": {
+        "file": "paper.csv", "protocol": "lra_official", "seeds": 2, "overrides": ["train.steps=100"],
+        "tasks": {"listops": "listops", "pathx": "pathx"},
+        "models": {"Transformer": "softmax", "Linear": "linear", "Unbuilt": None}}}))
+    monkeypatch.setattr(reproduce_module, "available_tasks", lambda protocol: {"listops", "pathx"})
+    results = tmp_path / "results" / "lra_official"
+    _add(results, "softmax", "listops", 0, 36.0, steps=100, settings_changed=["train.steps=100"],
+         step_time=0.5, device=device_name())  # recorded here: 0.5 s per step
+    bench = tmp_path / "bench" / device_slug() / "encoder"
+    bench.mkdir(parents=True)
+    (bench / "efficiency.csv").write_text(  # linear at ListOps' length: 100 ms at batch 2 -> 1.6 s at batch 32
+        "attention,mode,pass,batch,length,status,time_median_ms\n"
+        "linear,encoder,forward_backward,2,2000,ok,100\nlinear,encoder,forward,2,2000,ok,1\n")
+    monkeypatch.setattr(reproduce_module.subprocess, "run", lambda *a, **k: pytest.fail("a dry run runs nothing"))
+    lines = []
+    data = tmp_path / "data"
+    _, commands = reproduce("toy", tmp_path / "results", tables_file=tmp_path / "tables.yaml", dry_run=True,
+                            echo=lines.append, bench_root=tmp_path / "bench",
+                            extra_overrides=[f"paths.data_dir={data}"])
+    text = "\n".join(lines)
+    assert "| Transformer | softmax | run 1, reuse 1 | paper: FAIL, skipped |" in text
+    assert "| Linear | linear | run 2 | run 2 |" in text
+    assert "| Unbuilt | — | not implemented | not implemented |" in text
+    assert "5 runs, 500 training steps in total" in text  # train.steps=100 from the table's overrides
+    # softmax: 1 run x 100 steps x 0.5 s; linear listops: 2 x 100 x 1.6 s; linear pathx: no figures
+    assert (f"device time: about {(50 + 320) / 3600:.1f} device-hours of training steps on {device_name()} "
+            "(1 cell(s) from recorded step times, 1 cell(s) from bench step times; without pathx/linear (no figures)"
+            ) in text
+    assert f"  listops: not prepared under {data} (generated offline on first use): " \
+           "make data TASK=listops PRESET=lra_official" in lines
+    assert any(line.startswith("  pathx: not prepared") for line in lines)
+    pasted = lines[lines.index("commands (paste into a shell):") + 1:]
+    assert [shlex.split(line) for line in pasted] == commands and len(commands) == 3  # listops x2 seed sets, pathx
+    assert all("attention=softmax" not in c or "task=pathx" not in c for c in commands)
+    # asked for, the FAIL cell is planned too
+    lines.clear()
+    _, commands = reproduce("toy", tmp_path / "results", tables_file=tmp_path / "tables.yaml", dry_run=True,
+                            echo=lines.append, bench_root=tmp_path / "bench", include_failed=True,
+                            extra_overrides=[f"paths.data_dir={data}"])
+    assert "| Transformer | softmax | run 1, reuse 1 | run 2 |" in "\n".join(lines)
+    assert any("task=pathx" in c and "attention=linear,softmax" in c for c in commands)
+    # no figures at all: it says it cannot estimate
+    lines.clear()
+    reproduce("toy", tmp_path / "empty", tables_file=tmp_path / "tables.yaml", dry_run=True, echo=lines.append,
+              bench_root=tmp_path / "no-bench", extra_overrides=[f"paths.data_dir={data}"])
+    assert any(line.startswith("device time: cannot estimate on ") for line in lines), lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from lra.train import run
 from tests.conftest import REPO, TINY_OVERRIDES
-from tests.wandb_files import logged_history
+from tests.wandb_files import logged_history, logged_run
 
 
 def test_single_run_writes_run_dir_and_record(compose, tmp_path):
@@ -50,9 +51,10 @@ def test_same_seed_same_numbers(compose, tmp_path):
     assert first["train_loss_final"] != other_seed["train_loss_final"]
 
 
-def test_wandb_offline_run_logs_the_same_metrics(compose, tmp_path):
+def test_wandb_offline_run_logs_the_same_metrics(compose, tmp_path, caplog):
     assert os.environ["WANDB_MODE"] == "offline"
-    record = run(compose("attention=softmax", "logger=wandb"))
+    caplog.set_level(logging.INFO)
+    record = run(compose("attention=softmax", "logger=wandb", "progress=true"))
     history = logged_history(tmp_path / "run")
     with open(tmp_path / "run" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -60,7 +62,30 @@ def test_wandb_offline_run_logs_the_same_metrics(compose, tmp_path):
     logged = {int(entry["_step"]): entry for entry in history if "train/loss" in entry}
     assert sorted(logged) == [int(row["step"]) for row in train_rows]
     for row in train_rows:
-        assert logged[int(row["step"])]["train/loss"] == pytest.approx(float(row["loss"]), rel=1e-6)
+        for key in ("loss", "grad_norm", "learning_rate"):
+            assert logged[int(row["step"])][f"train/{key}"] == pytest.approx(float(row[key]), rel=1e-6), key
+    # the run's costs: one `run` row in metrics.csv, the same numbers in W&B
+    (costs,) = [row for row in rows if row["split"] == "run"]
+    (wandb_costs,) = [entry for entry in history if "run/compile_time_s" in entry]
+    for key in ("compile_time_s", "eval_compile_time_s", "xla_step_bytes", "step_time_median_s", "wall_time_s"):
+        assert wandb_costs[f"run/{key}"] == pytest.approx(float(costs[key]), rel=1e-6), key
+    assert float(costs["xla_step_bytes"]) == record["xla_step_bytes"]
+    assert float(costs["wall_time_s"]) == pytest.approx(record["wall_time_s"]) and record["wall_time_s"] > 0
+    # placed by the run's identity: smoke project, tags, a stable id
+    placed = logged_run(tmp_path / "run")
+    assert placed.project == "lra-smoke" and placed.job_type == "train"
+    assert {"protocol:smoke", "task:listops", "attention:softmax", "seed:0", "smoke"} <= set(placed.tags)
+    assert placed.run_id.endswith(record["fingerprint"][:16])
+    # the console: progress through every phase (plain lines: no terminal here), then one summary line
+    messages = [r.getMessage() for r in caplog.records]
+    progress = [m.split(": ", 1)[1].split(",")[0] for m in messages if m.startswith("listops/softmax seed 0: ")]
+    assert progress[0] == "0/10 training" and progress[-1] == "10/10 done", progress
+    # evaluation passes show their batches (test: 21 examples, eval batch 16)
+    assert {"6/10 validating", "6/10 testing (final)", "6/10 testing (best val) batch 1/2",
+            "8/10 timing host overhead"} <= set(progress), progress
+    (summary,) = [m for m in messages if m.startswith("done: listops/softmax seed 0 [smoke]")]
+    assert f"{100 * record['test_accuracy_final']:.2f}%" in summary and " ms/step, " in summary
+    assert summary.endswith(f"{tmp_path / 'results' / 'records' / record['run_id']}.json")
     val = [entry for entry in history if "val/accuracy" in entry]
     assert len(val) == 2
     assert any(entry.get("test_final/accuracy") == pytest.approx(record["test_accuracy_final"]) for entry in history)
@@ -101,6 +126,7 @@ def test_sweep_over_two_attentions_writes_rows_and_leaderboard(tmp_path, launche
     assert "LRA leaderboard" in result.stdout  # printed at the end of the multirun
     # the submitit jobs carried the sweep's id into their records: the summary counts both
     assert "2 runs recorded: 2 ok, 0 diverged, 0 failed" in result.stdout
+    assert f"leaderboard: {tmp_path / 'results' / 'leaderboard.md'}, " in result.stdout  # where to look
     run_dirs = sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir() and p.name[0] != ".")
     assert run_dirs == ["0_softmax_seed0", "1_linear_seed0"]
 

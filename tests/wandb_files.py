@@ -67,3 +67,11 @@ def _finished_records(path: Path, timeout_s: float = 30.0) -> list:
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.1)
+
+
+def logged_run(run_dir: Path):
+    """The offline run's ``RunRecord`` (id, project, group, job type, tags) under ``run_dir``."""
+    files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"expected one offline W&B run file under {run_dir}, found {files}")
+    return next(r.run for r in _finished_records(files[0]) if r.WhichOneof("record_type") == "run")

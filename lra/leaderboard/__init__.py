@@ -1,6 +1,7 @@
 """Leaderboard: the results store in the LRA layout, one row per attention x protocol.
 
-    results/<protocol>/leaderboard.md     markdown: the table, how it was computed, the other checkpoint
+    results/<protocol>/leaderboard.md     markdown: the table, provenance, costs per task, the other
+                                          checkpoint, how it was computed
     results/<protocol>/leaderboard.html   one static page (no server): sortable columns, plots inline
     results/<protocol>/leaderboard_*.png  accuracy vs speed (marker = memory), per-task bars
     results/leaderboard.{md,html}         every protocol found under results/ in one table
@@ -25,8 +26,9 @@ import pandas as pd
 
 from lra.atomic_files import atomic_write_text
 from lra.leaderboard.html import leaderboard_html
-from lra.leaderboard.markdown import leaderboard_markdown, notes
-from lra.leaderboard.table import BASELINE, PARAMETER_RULE, TASK_ORDER, Row, leaderboard_frame, leaderboard_rows
+from lra.leaderboard.markdown import COSTS_INTRO, leaderboard_markdown, notes, smoke_banner
+from lra.leaderboard.table import (BASELINE, PARAMETER_RULE, TASK_ORDER, Row, leaderboard_frame, leaderboard_rows,
+                                  provenance_lines)
 from lra.results import RECORDS, Selection, comparable_runs, read_records, rebuild_table
 
 LEADERBOARD_FILE = "leaderboard.md"
@@ -50,7 +52,9 @@ def _write_pages(directory: Path, rows: list[Row], selection: Selection, source:
                  plots: list[Path]) -> tuple[Path, str, pd.DataFrame]:
     text = leaderboard_markdown(rows, source, [str(p.relative_to(directory)) for p in plots], selection)
     atomic_write_text(directory / LEADERBOARD_FILE, text)
-    atomic_write_text(directory / HTML_FILE, leaderboard_html(rows, notes(rows, source), plots))
+    atomic_write_text(directory / HTML_FILE, leaderboard_html(
+        rows, notes(rows, source), plots, banner=smoke_banner(rows), provenance=provenance_lines(selection.kept),
+        costs_intro=COSTS_INTRO))
     return directory / LEADERBOARD_FILE, text, leaderboard_frame(rows)
 
 

@@ -12,7 +12,9 @@ import html
 import json
 from pathlib import Path
 
-from lra.leaderboard.table import Row, leaderboard_frame
+import pandas as pd
+
+from lra.leaderboard.table import Row, cost_frame, leaderboard_frame, other_checkpoint_frame
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
@@ -27,6 +29,8 @@ td.diverged { background: #fde2e2; }
 td.partial { font-style: italic; }
 td.rule-broken { background: #fde2e2; font-weight: bold; }
 .notes { max-width: 70em; }
+.banner { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6em 1em; max-width: 70em; }
+table.secondary td { text-align: left; }
 figure { display: inline-block; margin: 1em; vertical-align: top; }
 img { max-width: 45em; }
 """
@@ -86,7 +90,22 @@ def _cell_class(row: Row, column: str, text: str, is_task: bool) -> str:
     return " ".join(classes)
 
 
-def leaderboard_html(rows: list[Row], notes_markdown: str, plots: list[Path] = ()) -> str:
+def _plain_table(frame: pd.DataFrame, table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>\n"
+                   for row in frame.itertuples(index=False))
+    return f'<table id="{table_id}" class="secondary"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n'
+
+
+def _paragraphs(markdown: str) -> str:
+    return "".join(f"<p>{html.escape(line.lstrip('- ').replace('`', ''))}</p>"
+                   for line in markdown.splitlines() if line)
+
+
+def leaderboard_html(rows: list[Row], notes_markdown: str, plots: list[Path] = (), *, banner: str | None = None,
+                     provenance: list[str] = (), costs_intro: str = "") -> str:
+    """The page: banner, sortable table, provenance, costs and other-checkpoint tables, plots, and
+    the notes folded in a ``<details>`` below."""
     frame = leaderboard_frame(rows)
     columns = list(frame.columns)
     tasks = [c for c in columns if c in {t for row in rows for t in row.table_tasks}]
@@ -103,13 +122,26 @@ def leaderboard_html(rows: list[Row], notes_markdown: str, plots: list[Path] = (
             css = _cell_class(row, column, text, column in tasks)
             cells.append(f'<td class="{css}" data-sort="{sort_attr}">{html.escape(text)}</td>')
         body.append(f'<tr data-row="{html.escape(row.protocol)}/{html.escape(row.label)}">{"".join(cells)}</tr>')
-    notes_html = "".join(f"<p>{html.escape(line.lstrip('- ').replace('`', ''))}</p>" for line in notes_markdown.splitlines() if line)
+    notes_html = _paragraphs(notes_markdown)
+    banner_html = (f'<div class="banner" id="banner"><strong>Not a result.</strong> '
+                   f'{html.escape(banner.replace("`", ""))}</div>\n' if banner else "")
+    provenance_html = "" if not provenance else (
+        "<h2>Provenance</h2>\n<ul id=\"provenance\">"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in provenance) + "</ul>\n")
+    secondary = ("<h2>Step time and memory per task</h2>\n" + _paragraphs(costs_intro)
+                 + _plain_table(cost_frame(rows), "costs")
+                 + "<h2>Test accuracy at the other checkpoint</h2>\n<p>Each protocol reports one checkpoint "
+                   "(above); this is the other one, for comparison.</p>\n"
+                 + _plain_table(other_checkpoint_frame(rows), "other-checkpoint"))
     figures = "".join(
         f'<figure><img alt="{html.escape(p.name)}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.name)}</figcaption></figure>'
         for p in plots)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>LRA leaderboard</title>"
-            f"<style>{STYLE}</style></head><body>\n<h1>LRA leaderboard</h1>\n<div class=\"notes\">{notes_html}</div>\n"
+            f"<style>{STYLE}</style></head><body>\n<h1>LRA leaderboard</h1>\n{banner_html}"
             f"<table id=\"leaderboard\" data-rows=\"{len(rows)}\"><thead><tr>{head}</tr></thead><tbody>\n"
-            + "\n".join(body) + f"\n</tbody></table>\n{figures}\n<script>{SCRIPT}</script>\n"
+            + "\n".join(body) + f"\n</tbody></table>\n{provenance_html}{secondary}{figures}\n"
+            f"<details class=\"notes\" id=\"notes\"><summary>How this table was computed</summary>"
+            f"{notes_html}</details>\n"
+            f"<script>{SCRIPT}</script>\n"
             f"<script type=\"application/json\" id=\"columns\">{json.dumps(columns)}</script>\n</body></html>\n")

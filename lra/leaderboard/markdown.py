@@ -1,13 +1,15 @@
-"""The leaderboard as a markdown page: the main table, the notes that say how it was computed, and
-the secondary table of the checkpoint each protocol does not report."""
+"""The leaderboard as a markdown page: a banner on protocols whose accuracies mean nothing, the main
+table, where the numbers come from (provenance), step time and memory per task, the secondary table
+of the checkpoint each protocol does not report, then the notes that say how it was computed."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from lra.leaderboard.table import (BASELINE, PARAMETER_RULE, Row, leaderboard_frame, other_checkpoint_frame,
-                                  variant_notes)
+from lra.leaderboard.table import (BASELINE, PARAMETER_RULE, Row, cost_frame, leaderboard_frame,
+                                  other_checkpoint_frame, provenance_lines, variant_notes)
 from lra.results import Selection
+from lra.run_logging import SMOKE_PROTOCOLS
 
 CHECKPOINT_NAMES = {"final": "the final parameters", "best_val": "the best-validation parameters"}
 
@@ -46,6 +48,20 @@ def notes(rows: list[Row], source: str) -> str:
         "size, hidden sizes and depth (checked against the recorded model config).\n")
 
 
+def smoke_banner(rows: list[Row]) -> str | None:
+    """The warning for rows of a protocol whose accuracies mean nothing (None when there are none)."""
+    smoke = sorted({row.protocol for row in rows} & set(SMOKE_PROTOCOLS))
+    if not smoke:
+        return None
+    return (f"Protocol {', '.join(f'`{p}`' for p in smoke)} is a wiring check (tiny data, a few steps): its "
+            "accuracies mean nothing and its speed and memory figures are for that tiny configuration only.")
+
+
+COSTS_INTRO = (f"Per task: median step time over seeds (speed vs `{BASELINE}`: its median step time / this "
+               "one, then the min–max of that ratio over this row's seeds), XLA's train-step memory (vs "
+               f"`{BASELINE}`), the device allocator's peak where measured (GPU), and the seed count.\n\n")
+
+
 def left_out_table(selection: Selection) -> pd.DataFrame:
     """The records the leaderboard did not count, and why."""
     why = [(r, "an older record of a seed counted by its newest") for r in selection.repeats] + [
@@ -58,13 +74,21 @@ def left_out_table(selection: Selection) -> pd.DataFrame:
 
 def leaderboard_markdown(rows: list[Row], source: str, plots: list[str] = (),
                          selection: Selection | None = None) -> str:
-    text = ["# LRA leaderboard\n\n", notes(rows, source), "\n", markdown_table(leaderboard_frame(rows))]
+    text = ["# LRA leaderboard\n\n"]
+    banner = smoke_banner(rows)
+    if banner:
+        text.append(f"> **Not a result.** {banner}\n\n")
+    text.append(markdown_table(leaderboard_frame(rows)))
     variants = variant_notes(rows)
     if variants:
         text += ["\nVariants named by id above, in full:\n\n"] + [f"- `{vid}`: `{v}`\n" for vid, v in variants]
+    if selection is not None:
+        text += ["\n## Provenance\n\n"] + [f"- {line}\n" for line in provenance_lines(selection.kept)]
+    text += ["\n## Step time and memory per task\n\n", COSTS_INTRO, markdown_table(cost_frame(rows))]
     text += ["\n## Test accuracy at the other checkpoint\n\n",
              "Each protocol reports one checkpoint (above); this is the other one, for comparison.\n\n",
              markdown_table(other_checkpoint_frame(rows))]
+    text += ["\n## How this table was computed\n\n", notes(rows, source)]
     left_out = left_out_table(selection) if selection is not None else pd.DataFrame()
     if not left_out.empty:
         text += ["\n## Records left out\n\n", markdown_table(left_out)]

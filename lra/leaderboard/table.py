@@ -21,6 +21,11 @@ Rules (LRA, Tay et al. 2021, and the LRA README's apples-to-apples rule):
   the default softmax), medians over seeds, per task and then averaged over the tasks both ran:
   speed = softmax step time / this step time (higher is faster); memory = this / softmax for XLA's
   compiled train-step memory and for the device allocator's peak (GPU only).
+- Absolute costs sit beside the ratios (``cost_frame``): per task, the median step time and
+  train-step memory over seeds, and the speed ratio's spread over seeds (softmax's median step time
+  / each seed's step time: min–max).
+- Provenance (``provenance_lines``): the devices, date range, harness commits and library versions of
+  the counted records. Protocols whose accuracies mean nothing (``smoke``) get a banner.
 - Parameters: the LRA rule allows a model at most 10 % more parameters than the baseline
   Transformer of the same task, with the same embedding size, hidden sizes and depth; the ratio to
   softmax is taken per task and its maximum is checked, and so are those sizes (``model_config``).
@@ -34,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from lra.digest import json_sha256
+from lra.result_record import FIELD_NAMES
 from lra.results import Selection, comparable_runs
 
 TASK_ORDER = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
@@ -42,6 +48,7 @@ PARAMETER_RULE = 1.10  # LRA README: "at most 10% larger in parameters than the 
 FIXED_SIZES = ("emb_dim", "qkv_dim", "mlp_dim", "num_layers")  # LRA README: these may not change
 CHECKPOINT_COLUMNS = {"final": "test_accuracy_final", "best_val": "test_accuracy_best_val"}
 MISSING = "—"
+VERSION_FIELDS = tuple(name for name in FIELD_NAMES if name.endswith("_version") and name != "schema_version")
 # Settings that change neither step time, memory nor parameter count: ignored when a row looks for
 # its softmax baseline (``attention.*`` knobs belong to one attention, softmax has none of them).
 COST_NEUTRAL = ("attention.", "optimizer.", "quirks.", "train.steps=", "train.eval_every=", "train.train_limit=",
@@ -78,6 +85,47 @@ class Cell:
         return f"{self.mean:.2f}{spread} (n={self.seeds}{note})"
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskCost:
+    """One task of one row: absolute costs (medians over seeds) and the speed ratio's spread."""
+
+    step_time_s: float | None
+    step_bytes: float | None
+    peak_bytes: float | None
+    seeds: int
+    speed: float | None = None                      # softmax median step time / this median
+    speed_range: tuple[float, float] | None = None  # min, max over seeds of softmax median / seed's time
+    memory: float | None = None                     # XLA step memory / softmax's
+
+    def text(self) -> str:
+        if self.step_time_s is None and self.step_bytes is None:
+            return MISSING
+        parts = [f"{format_ms(1000 * self.step_time_s)} ms/step" if self.step_time_s is not None else "step time —"]
+        if self.speed is not None:
+            spread = (f", {self.speed_range[0]:.2f}–{self.speed_range[1]:.2f}"
+                      if self.speed_range and self.seeds > 1 else "")
+            parts[-1] += f" ({self.speed:.2f}×{spread})"
+        if self.step_bytes is not None:
+            parts.append(f"{format_bytes(self.step_bytes)}" + (f" ({self.memory:.2f}×)" if self.memory else ""))
+        if self.peak_bytes is not None:
+            parts.append(f"peak {format_bytes(self.peak_bytes)}")
+        return ", ".join(parts) + f" (n={self.seeds})"
+
+
+def format_ms(value: float) -> str:
+    """Three significant figures, never in exponent form: 220, 12.3, 0.412."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 \
+        else f"{value:.3f}"
+
+
+def format_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 @dataclasses.dataclass
 class Row:
     protocol: str
@@ -99,6 +147,7 @@ class Row:
     failed: int = 0
     repeats: int = 0                     # older records of a counted seed, left out
     superseded: int = 0                  # records of an older fingerprint, left out
+    costs: dict = dataclasses.field(default_factory=dict)  # task -> TaskCost (finished runs, first device)
 
     @property
     def label(self) -> str:
@@ -246,6 +295,8 @@ def _fill_costs(row: Row, by_task: dict[str, list[dict]], baselines: dict[tuple,
     counts = [int(r["param_count"]) for runs in by_task.values() for r in runs if r.get("param_count") is not None]
     for task, runs in by_task.items():
         finished = [r for r in runs if r["status"] == "ok"]
+        if finished:
+            row.costs[task] = _task_cost(row.protocol, finished, baselines)
         for device in sorted({str(r.get("device")) for r in finished}):
             on_device = [r for r in finished if str(r.get("device")) == device]
             baseline = baselines.get((row.protocol, task, on_device[0].get("device"), cost_variant(on_device[0])), [])
@@ -271,6 +322,23 @@ def _fill_costs(row: Row, by_task: dict[str, list[dict]], baselines: dict[tuple,
     if params:
         row.param_ratio = float(np.max(params))
         row.changed_sizes = tuple(k for k in FIXED_SIZES if k in changed)
+
+
+def _task_cost(protocol: str, finished: list[dict], baselines: dict[tuple, list[dict]]) -> TaskCost:
+    """Absolute medians of one task's finished runs (on the device most of them ran on) and the
+    speed ratio to softmax's median with its min–max over this row's seeds."""
+    devices = [str(r.get("device")) for r in finished]
+    device = max(sorted(set(devices)), key=devices.count)
+    runs = [r for r in finished if str(r.get("device")) == device]
+    baseline = baselines.get((protocol, runs[0]["task"], runs[0].get("device"), cost_variant(runs[0])), [])
+    reference = _median(baseline, "step_time_median_s")
+    per_seed = [reference / float(r["step_time_median_s"]) for r in runs
+                if reference and r.get("step_time_median_s") and r["step_time_median_s"] > 0]
+    return TaskCost(step_time_s=_median(runs, "step_time_median_s"), step_bytes=_median(runs, "xla_step_bytes"),
+                    peak_bytes=_median(runs, "device_peak_bytes"), seeds=len(runs),
+                    speed=_ratio(runs, baseline, "step_time_median_s", invert=True),
+                    speed_range=(min(per_seed), max(per_seed)) if per_seed else None,
+                    memory=_ratio(runs, baseline, "xla_step_bytes", invert=False))
 
 
 def _ratio_text(value: float | None) -> str:
@@ -335,3 +403,33 @@ def other_checkpoint_frame(rows: list[Row]) -> pd.DataFrame:
                           "checkpoint": "best_val" if row.checkpoint == "final" else "final",
                           **{t: row.other_cells[t].text() if t in row.other_cells else MISSING for t in tasks}}
                          for row in rows])
+
+
+def cost_frame(rows: list[Row]) -> pd.DataFrame:
+    """Absolute step time and memory per task beside the ratios to softmax: one cell per task,
+    ``<ms>/step (<speed>×, <min>–<max> over seeds), <memory> (<ratio>×), peak <bytes> (n=<seeds>)``."""
+    tasks = ordered_tasks(task for row in rows for task in row.table_tasks)
+    return pd.DataFrame([{"protocol": row.protocol, "attention": row.label,
+                          **{t: row.costs[t].text() if t in row.costs else MISSING for t in tasks}}
+                         for row in rows])
+
+
+def _span(values: list[str]) -> str:
+    values = sorted(set(values))
+    return MISSING if not values else values[0] if len(values) == 1 else f"{values[0]} … {values[-1]}"
+
+
+def provenance_lines(records: list[dict]) -> list[str]:
+    """Where the counted records come from: devices, dates, harness commits, library versions."""
+    def values(field):
+        return sorted({str(r[field]) for r in records if r.get(field) not in (None, "")})
+
+    shas = values("git_sha")
+    dirty = sum(bool(r.get("git_dirty")) for r in records)
+    lines = [f"devices: {', '.join(values('device')) or MISSING}",
+             f"dates (UTC): {_span([str(r['date'])[:10] for r in records if r.get('date')])}",
+             f"harness commits: {', '.join(shas) or MISSING}"
+             + (f" ({dirty} of {len(records)} records from a checkout with uncommitted changes)" if dirty else ""),
+             "libraries: " + "; ".join(f"{field.removesuffix('_version')} {', '.join(values(field)) or MISSING}"
+                                       for field in VERSION_FIELDS)]
+    return lines

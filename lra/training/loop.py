@@ -64,6 +64,11 @@ class LoopConfig:
     memory_margin: float = 0.1  # for micro_batch=auto: keep this fraction of the limit free
 
 
+def progress_total(cfg: LoopConfig) -> int:
+    """The progress callback's total: training steps plus the host-overhead windows' steps."""
+    return cfg.steps + 2 * max(cfg.overhead_pairs, 0) * cfg.log_every
+
+
 class DivergenceError(RuntimeError):
     """A non-finite loss or gradient norm: the run stops; its last good checkpoint is kept."""
 
@@ -79,19 +84,24 @@ def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, rows=None) -> dict:
+def evaluate(eval_fn, model_state, split: TokenSplit, cfg: LoopConfig, rows=None,
+             on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Loss and accuracy over the (first eval_limit examples of the) split; every example once.
 
-    ``rows``: the batch sharding (None: the default device). The RNG state each batch leaves (changed
-    only by families that draw at evaluation on purpose) goes to the next batch; the caller's state
-    is not changed, so an evaluation pass does not move the training streams."""
+    ``rows``: the batch sharding (None: the default device); ``on_batch(done, total)`` after each
+    batch is dispatched (progress display). The RNG state each batch leaves (changed only by
+    families that draw at evaluation on purpose) goes to the next batch; the caller's state is not
+    changed, so an evaluation pass does not move the training streams."""
     totals = None
     batch_size = cfg.eval_batch_size or cfg.batch_size
-    for batch in batching.prefetch_to_device(
-            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, rows):
+    examples = len(split) if cfg.eval_limit is None else min(len(split), cfg.eval_limit)
+    for done, batch in enumerate(batching.prefetch_to_device(
+            batching.eval_batches(split, batch_size, cfg.max_length, cfg.eval_limit), cfg.prefetch, rows), start=1):
         sums, rng_state = eval_fn(model_state, batch)
         model_state = nnx.merge_state(model_state, rng_state)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if on_batch is not None:
+            on_batch(done, -(-examples // batch_size))
     totals = jax.device_get(totals)
     count = float(totals["count"])
     return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count,
@@ -223,14 +233,17 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
             log_and_keep(step, "train", run.last_train)
             run.pending = []
         if is_eval:
-            val = evaluate(eval_fn, model_state, splits["val"], cfg, rows)
+            if progress is not None:
+                progress(step, {"phase": "validating", "loss": run.last_train.get("loss")})
+            val = evaluate(eval_fn, model_state, splits["val"], cfg, rows, None if progress is None else
+                           lambda done, total: progress(step, {"phase": "validating", "batch": (done, total)}))
             log_and_keep(step, "val", val)
             if val["accuracy"] > run.best["accuracy"]:
                 run.best = {"accuracy": val["accuracy"], "loss": val["loss"], "step": step}
                 best_state = _copy(model_state)
             run.last_val = val
         if progress is not None and is_window:
-            progress(step, {"loss": run.last_train.get("loss"), "val": run.best["accuracy"]})
+            progress(step, {"phase": "training", "loss": run.last_train.get("loss"), "val": run.best["accuracy"]})
         stopping = _stop_agreed(stop, is_window)
         if checkpoints is not None and (checkpoints.due(step, cfg.steps) or stopping):
             saving = time.perf_counter()
@@ -246,8 +259,14 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
                 window_start = time.perf_counter()  # a window covers fetching and stepping only
             batch = next(train_iter)
 
-    test_final = evaluate(eval_fn, model_state, splits["test"], cfg, rows)
-    test_best = evaluate(eval_fn, best_state, splits["test"], cfg, rows)
+    if progress is not None:
+        progress(cfg.steps, {"phase": "testing (final)"})
+    def testing(which):
+        return None if progress is None else (
+            lambda done, total: progress(cfg.steps, {"phase": f"testing ({which})", "batch": (done, total)}))
+
+    test_final = evaluate(eval_fn, model_state, splits["test"], cfg, rows, testing("final"))
+    test_best = evaluate(eval_fn, best_state, splits["test"], cfg, rows, testing("best val"))
     log(cfg.steps, "test_final", test_final)
     log(cfg.steps, "test_best_val", test_best)
 
@@ -255,7 +274,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
     steady = window_times[1:] if len(window_times) > 1 else window_times
     step_time = statistics.median(steady)
     pipeline_time, resident_time = _host_overhead_timing(
-        train_fn, model_state, optimizer_state, train_iter, batch, cfg.overhead_pairs, cfg.log_every)
+        train_fn, model_state, optimizer_state, train_iter, batch, cfg.overhead_pairs, cfg.log_every,
+        None if progress is None else lambda done: progress(cfg.steps + done, {"phase": "timing host overhead"}))
     nnx.update(model, model_state)
     nnx.update(optimizer, optimizer_state)
     best, last_val, last_train = run.best, run.last_val, run.last_train
@@ -291,13 +311,14 @@ def _seconds_per_step(train_fn, model_state, optimizer_state, batch, steps: int 
 
 
 def _host_overhead_timing(train_fn, model_state, optimizer_state, train_iter, resident_batch,
-                          pairs: int, window: int) -> tuple[float | None, float | None]:
+                          pairs: int, window: int,
+                          progress: Callable[[int], None] | None = None) -> tuple[float | None, float | None]:
     """Side-by-side step times, on copies of the final state, to isolate the host's share.
 
     Alternates windows of ``window`` steps fed by the training loop's own prefetched iterator and
     windows fed by one device-resident batch (the compiled step alone), each timed like a loop
     window (one sync at its end). Interleaving cancels machine drift; returns the medians
-    (pipeline, resident).
+    (pipeline, resident). ``progress(steps done)`` is called after each window.
     """
     if pairs <= 0:
         return None, None
@@ -312,4 +333,6 @@ def _host_overhead_timing(train_fn, model_state, optimizer_state, train_iter, re
                 pending.append(metrics)
             jax.device_get(pending)
             times[name].append((time.perf_counter() - start) / window)
+            if progress is not None:
+                progress(window * sum(len(t) for t in times.values()))
     return statistics.median(times["pipeline"]), statistics.median(times["resident"])

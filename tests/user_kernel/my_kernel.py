@@ -20,8 +20,8 @@ class ReluTemperatureAttention(nnx.Module):
         self.log_temperature = nnx.Param(jnp.zeros((spec.num_heads,)))  # one learned scalar per head
 
     def __call__(self, q, k, v, key_mask, *, deterministic):
-        scale = q.shape[-1] ** -0.5 * jnp.exp(-self.log_temperature.value)[None, :, None, None]
+        scale = q.shape[-1] ** -0.5 * jnp.exp(-self.log_temperature[...])[None, :, None, None]
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
         weights = jax.nn.relu(scores) * key_mask[:, None, None, :]
         weights = weights / (weights.sum(-1, keepdims=True) + self.eps)
-        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v).astype(q.dtype)  # compute dtype (the temperature is float32)
