@@ -19,7 +19,7 @@ kept in the model state (``RandomBlocks``), as the paper fixes the random graph.
 seeds NumPy with the layer index (``connectivity_seed=lyr`` in ``models/bigbird/bigbird.py``),
 which also fixes the pattern per layer; the draws differ, the distribution is the same, except:
 
-Quirk A22 (``legacy_random_first_1024``, off by default): the official ``get_block_rand_mask`` is
+Quirk "BigBird random blocks in the first 1024" (``legacy_random_first_1024``, off by default): the official ``get_block_rand_mask`` is
 called with ``last_idx=min(length, 1024)``, so on sequences longer than 1024 the random blocks are
 drawn only among the blocks of the first 1024 positions (ListOps 2K, Retrieval 4K). With the flag,
 random blocks are restricted to blocks 1 .. 1024/B - 1 as there.
