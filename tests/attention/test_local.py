@@ -78,5 +78,5 @@ def test_bad_block_size_is_refused_naming_the_key():
 
 def test_memory_grows_linearly():
     attention = build("local", 4096, heads=2, dim=16, block_size=64)
-    for ratio in growth_per_doubling(attention, lengths=(1024, 2048, 4096)):
-        assert ratio < 2.3, ratio
+    for ratio in growth_per_doubling(attention, lengths=(1024, 2048, 4096), backward=True):
+        assert ratio < 2.5, ratio  # forward + backward, as trained
