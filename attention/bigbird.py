@@ -25,8 +25,13 @@ drawn only among the blocks of the first 1024 positions (ListOps 2K, Retrieval 4
 random blocks are restricted to blocks 1 .. 1024/B - 1 as there.
 
 The pattern lives on the ``max_length`` grid, not on the padded length of a batch, so outputs at real
-tokens do not depend on how much padding follows (the official code pads to a multiple of B and
-makes the padded grid's last block global). A shorter input uses the leading blocks of the grid.
+tokens do not depend on how much padding follows. A shorter input uses the leading blocks of the grid.
+
+Quirk "BigBird appended block" (``legacy_appended_block``, off by default): the official module pads
+the input by B - (n mod B) zero positions (a whole block when B divides n) and pads its boolean
+padding mask with -1e9, which is True: those slots are attended as real keys with zero keys and
+values (the official projections have no bias), and the padded grid's last block, which holds them,
+is global. With the flag, this module does the same on each call (outputs then depend on n).
 
 Defaults per task (official LRA at cd31e5c): ``block_size`` 64 and ``num_random_blocks`` 3 on every
 task (``BigBirdAttention`` defaults, ``_DEFAULT_BLOCK_SIZE = 64`` in ``models/bigbird/bigbird.py``;
@@ -72,7 +77,9 @@ def bigbird_pattern(random_blocks, n: int, block_size: int, grid_blocks: int):
     window = np.stack([a - 1, a, a + 1], -1)
     window = np.where((window == 0) | (window == grid_blocks - 1), -1, window)  # globals: extra columns
     window = jnp.broadcast_to(jnp.asarray(window), (random_blocks.shape[0], nb, 3))
-    key_blocks = jnp.concatenate([window, random_blocks[:, :nb]], -1)
+    chosen = random_blocks[:, :nb]
+    chosen = jnp.where((chosen == 0) | (chosen >= min(nb, grid_blocks - 1)), -1, chosen)  # globals, absent blocks
+    key_blocks = jnp.concatenate([window, chosen], -1)
     last = (grid_blocks - 1) * block_size
     global_positions = np.concatenate([np.arange(min(block_size, n)), np.arange(last, n)]) if grid_blocks > 1 \
         else np.arange(n)
@@ -90,13 +97,16 @@ class BigBirdAttention(nnx.Module):
     """BigBird ITC: ``block_size`` B, ``num_random_blocks`` r, random pattern fixed per layer."""
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, block_size: int = 64, num_random_blocks: int = 3,
-                 legacy_random_first_1024: bool = False):
+                 legacy_random_first_1024: bool = False, legacy_appended_block: bool = False):
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"attention.block_size must be a positive integer, got {block_size!r}")
         if not isinstance(num_random_blocks, int) or num_random_blocks < 0:
             raise ValueError(f"attention.num_random_blocks must be an integer >= 0, got {num_random_blocks!r}")
         self.block_size, self.max_length = block_size, spec.max_length
-        self.grid_blocks = num_blocks(spec.max_length, block_size)
+        self.legacy_appended_block = bool(legacy_appended_block)
+        # The official grid: max_length + B - max_length mod B positions (a whole extra block when B divides it).
+        self.grid_blocks = spec.max_length // block_size + 1 if legacy_appended_block \
+            else num_blocks(spec.max_length, block_size)
         limit = None
         if legacy_random_first_1024 and spec.max_length > 1024:
             limit = 1024 // block_size
@@ -112,5 +122,13 @@ class BigBirdAttention(nnx.Module):
         weights_fn = None
         if self.dropout.rate > 0 and not deterministic:
             weights_fn = lambda w: self.dropout(w, deterministic=False)  # noqa: E731
+        if self.legacy_appended_block:
+            n, B = q.shape[1], self.block_size
+            total = n + B - n % B
+            pad = ((0, 0), (0, total - n), (0, 0), (0, 0))
+            q, k, v = (jnp.pad(t, pad) for t in (q, k, v))
+            key_mask = jnp.pad(key_mask, ((0, 0), (0, total - n)), constant_values=True)
+            return bigbird_attention(q, k, v, key_mask, self.random_blocks[...], block_size=B, grid_blocks=total // B,
+                                     weights_fn=weights_fn)[:, :n]
         return bigbird_attention(q, k, v, key_mask, self.random_blocks[...], block_size=self.block_size,
                                  grid_blocks=self.grid_blocks, weights_fn=weights_fn)

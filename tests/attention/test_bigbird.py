@@ -15,6 +15,7 @@ from attention.base import AttentionSpec
 from attention.bigbird import draw_random_blocks
 from lra.build import build_attention
 from lra.registry import ATTENTION_CONFIGS, load_attention_config
+from tests.attention.references import dense_pattern_reference
 from tests.attention.scaling import growth_per_doubling
 from tests.attention.sparse_pattern_cases import (assert_matches_pattern, build, padded_inputs, positions,
                                                   run_float64)
@@ -97,3 +98,29 @@ def test_memory_grows_linearly():
     attention = build("bigbird", 4096, heads=2, dim=16, block_size=32)
     for ratio in growth_per_doubling(attention, lengths=(1024, 2048, 4096), backward=True):
         assert ratio < 2.5, ratio  # forward + backward, as trained
+
+
+def official_appended_block_reference(q, k, v, mask, block, random_blocks):
+    """Written from lra_benchmarks/models/bigbird/bigbird_attention.py: pad by B - n % B zero slots whose
+    (boolean, -1e9-padded) mask is True, ITC pattern on that padded grid (its last block global), truncate."""
+    batch, n, heads, d = q.shape
+    total = n + block - n % block
+    pad = lambda t: np.concatenate([t, np.zeros((batch, total - n, heads, d))], 1)  # noqa: E731
+    m = np.concatenate([mask, np.ones((batch, total - n), bool)], 1)
+    grid = total // block
+    chosen = np.asarray(random_blocks)[:, :grid]
+    chosen = np.where((chosen == 0) | (chosen >= grid - 1), -1, chosen)
+    pattern = itc_pattern(total, block, grid, chosen)
+    return dense_pattern_reference(pad(q), pad(k), pad(v), m, pattern)[:, :n]
+
+
+@pytest.mark.parametrize("length,block", [(24, 4), (22, 4)])
+def test_legacy_appended_block_matches_the_official_computation(length, block):
+    attention = build("bigbird", 24, block_size=block, num_random_blocks=2, legacy_appended_block=True)
+    q, k, v, mask = padded_inputs(length, seed=7)
+    out = run_float64(attention, q, k, v, mask)
+    reference = official_appended_block_reference(q, k, v, mask, block, attention.random_blocks[...])
+    real = mask[:, :, None, None]
+    np.testing.assert_allclose(out * real, reference * real, rtol=1e-10, atol=1e-10)
+    plain = build("bigbird", 24, block_size=block, num_random_blocks=2)
+    assert not np.allclose(out * real, run_float64(plain, q, k, v, mask) * real, atol=1e-6)
