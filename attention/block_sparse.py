@@ -35,6 +35,16 @@ def _pad_length(x: jax.Array, total: int) -> jax.Array:
     return jnp.pad(x, pad)
 
 
+def _static_offsets(key_blocks) -> list[int] | None:
+    """[o_1..o_K] when a NumPy ``key_blocks`` is (1, nb, K) with column c equal to a + o_c, else None."""
+    if not isinstance(key_blocks, np.ndarray) or key_blocks.shape[0] != 1:
+        return None
+    offsets = key_blocks[0] - np.arange(key_blocks.shape[1])[:, None]
+    if not (offsets == offsets[:1]).all():
+        return None
+    return [int(o) for o in offsets[0]]
+
+
 def block_sparse_attention(q, k, v, key_mask, *, block_size: int, key_blocks, block_allowed=None,
                            extra_keys=None, extra_allowed=None, global_queries=None, weights_fn=None):
     """softmax over the pattern described in the module docstring; q, k, v (b, n, h, d), key_mask (b, n).
@@ -57,6 +67,7 @@ def block_sparse_attention(q, k, v, key_mask, *, block_size: int, key_blocks, bl
     weights_fn = weights_fn or (lambda w: w)
 
     # 1. gathered key blocks: (b, h, nb, K*B) keys per query block.
+    offsets = _static_offsets(key_blocks)
     key_blocks = jnp.asarray(key_blocks, jnp.int32)
     if key_blocks.shape[1] != nb:
         raise ValueError(f"key_blocks has {key_blocks.shape[1]} query blocks; length {n} / block {B} needs {nb}")
@@ -67,7 +78,12 @@ def block_sparse_attention(q, k, v, key_mask, *, block_size: int, key_blocks, bl
 
     def gather(x):  # (b, total, h, d) -> (b, h, nb, K*B, d)
         xb = x.reshape(batch, nb, B, heads, -1).transpose(0, 3, 1, 2, 4)  # (b, h, nb, B, d)
-        g = xb[:, jnp.arange(heads)[:, None, None], blocks]  # (b, h, nb, K, B, d)
+        if offsets is not None:  # key block a + o for every query block a: shifted slices, no gather
+            reach = max(abs(o) for o in offsets)
+            padded = jnp.pad(xb, ((0, 0), (0, 0), (reach, reach), (0, 0), (0, 0)))
+            g = jnp.stack([padded[:, :, reach + o:reach + o + nb] for o in offsets], axis=3)
+        else:
+            g = xb[:, jnp.arange(heads)[:, None, None], blocks]  # (b, h, nb, K, B, d)
         return g.reshape(batch, heads, nb, K * B, -1)
 
     q_blocks = qf.reshape(batch, nb, B, heads, d).transpose(0, 3, 1, 2, 4)  # (b, h, nb, B, d)
