@@ -77,7 +77,10 @@ def bigbird_pattern(random_blocks, n: int, block_size: int, grid_blocks: int):
     window = np.stack([a - 1, a, a + 1], -1)
     window = np.where((window == 0) | (window == grid_blocks - 1), -1, window)  # globals: extra columns
     window = jnp.broadcast_to(jnp.asarray(window), (random_blocks.shape[0], nb, 3))
-    chosen = random_blocks[:, :nb]
+    # Random slots some query block can fill (static): top_k puts the drawn blocks before the -1s.
+    grid_rows = np.arange(1, min(nb, grid_blocks - 1))
+    fillable = max([int((np.abs(np.arange(1, grid_blocks - 1) - a) > 1).sum()) for a in grid_rows] or [0])
+    chosen = random_blocks[:, :nb, :min(fillable, random_blocks.shape[2])]
     chosen = jnp.where((chosen == 0) | (chosen >= min(nb, grid_blocks - 1)), -1, chosen)  # globals, absent blocks
     key_blocks = jnp.concatenate([window, chosen], -1)
     last = (grid_blocks - 1) * block_size

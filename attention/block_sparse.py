@@ -67,6 +67,9 @@ def block_sparse_attention(q, k, v, key_mask, *, block_size: int, key_blocks, bl
     weights_fn = weights_fn or (lambda w: w)
 
     # 1. gathered key blocks: (b, h, nb, K*B) keys per query block.
+    if isinstance(key_blocks, np.ndarray):  # drop slots unused by every query block (short inputs)
+        used = ((key_blocks >= 0) & (key_blocks < nb)).any(axis=(0, 1))
+        key_blocks = key_blocks[:, :, used] if used.any() else key_blocks[:, :, :1]
     offsets = _static_offsets(key_blocks)
     key_blocks = jnp.asarray(key_blocks, jnp.int32)
     if key_blocks.shape[1] != nb:

@@ -10,7 +10,8 @@ official ``_build_sliding_window_mask`` (an odd w is symmetric, an even w gives 
 where the first g = ``num_global_tokens`` positions are global (they attend, and are attended by,
 every position; under CLS pooling position 0 is the CLS token). One softmax over the union, padded
 keys removed. Blocked through attention/block_sparse.py with blocks of max(left - 1, right) positions
-(each query block gathers its two neighbours): O(n w) time and memory, no n x n tensor.
+(each query block gathers its two neighbours): O(n w) time and memory, no n x n tensor. When the
+window spans a third of the input or more, one block of n is cheaper and is used instead.
 
 Global attention here reuses the layer's Q/K/V projections; the paper (and the official module, which
 builds them) gives global attention its own projections. With LRA's settings below they are unused.
@@ -42,7 +43,10 @@ def longformer_attention(q, k, v, key_mask, *, window_size: int, num_global_toke
     """Sliding window + global tokens of the module docstring; q, k, v (b, n, h, d), key_mask (b, n)."""
     n = q.shape[1]
     left, right = window_sides(window_size)
-    block = max(left - 1, right, 1)
+    # Blocks of the window's reach (three per query block); one block of n when three blocks would
+    # cover the whole input anyway (a window of n/3 or more: gathering would cost more than dense).
+    reach = max(left - 1, right, 1)
+    block = n if 3 * reach >= n else reach
     nb = num_blocks(n, block)
     blocks = np.arange(nb)
     key_blocks = np.stack([blocks - 1, blocks, blocks + 1], -1)[None]
