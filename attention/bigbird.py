@@ -35,8 +35,13 @@ is global. With the flag, this module does the same on each call (outputs then d
 
 Defaults per task (official LRA at cd31e5c): ``block_size`` 64 and ``num_random_blocks`` 3 on every
 task (``BigBirdAttention`` defaults, ``_DEFAULT_BLOCK_SIZE = 64`` in ``models/bigbird/bigbird.py``;
-the Image and Pathfinder configs set ``block_size = 64`` explicitly). The Skyformer harness uses
-BigBird with 3 random blocks of 64 as well (its ``lra_config.py``), so both protocols run the defaults.
+the Image and Pathfinder configs set ``block_size = 64`` explicitly). The lra_official task presets
+switch on both official flags above (configs/hparams/lra_official/*.yaml). The Skyformer harness
+(``src/config.py``: 3 random blocks of 64 on every task; ``src/models/attention_bigbird.py``, adapted
+from HuggingFace's block-sparse BigBird) draws with NumPy seeded by the run seed before every call,
+so its pattern is fixed but the same in every layer, and on 1024/3072/4096-long inputs it keeps the
+random blocks in the first 1024 positions: the pytorch_lineage Text and Retrieval presets (4096)
+set ``legacy_random_first_1024``.
 """
 
 from __future__ import annotations

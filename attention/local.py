@@ -9,7 +9,7 @@ time and memory; blocked through attention/block_sparse.py, never an n x n tenso
 Defaults per task (official LRA at cd31e5c): ``block_size`` 50 on ListOps, Text and Retrieval (the
 default of ``LocalTransformerEncoder`` in ``models/local/local.py``; their configs set none) and 64 on
 Image and Pathfinder (``image/configs/{cifar10,pathfinder32}/local_base.py``: ``block_size = 64``).
-The task presets set them through ``task.attention_overrides.local`` (configs/hparams/lra_official/).
+The lra_official presets set them through ``task.attention_overrides.local`` (configs/hparams/lra_official/).
 
 Quirk of the official code (quirk "strided local blocks", off by default): ``legacy_strided_blocks``. The official module
 reshapes (batch, n, ...) into (batch, block_size, n / block_size, ...) and attends over the first of
@@ -21,6 +21,7 @@ B - (n mod B) zero positions (a whole extra block when B divides n); its boolean
 -1e9, which is True, so those slots count as real tokens with zero keys and values (the official
 projections have no bias). With the flag, this module forms the same pattern and masks, including
 the appended slots; outputs then depend on the padded length and on padding, as the official ones.
+The lra_official task presets switch it on, since the published row was computed this way.
 """
 
 from __future__ import annotations

@@ -124,3 +124,14 @@ def test_legacy_appended_block_matches_the_official_computation(length, block):
     np.testing.assert_allclose(out * real, reference * real, rtol=1e-10, atol=1e-10)
     plain = build("bigbird", 24, block_size=block, num_random_blocks=2)
     assert not np.allclose(out * real, run_float64(plain, q, k, v, mask) * real, atol=1e-6)
+
+
+def test_presets_switch_on_the_official_behaviour():
+    hparams = ATTENTION_CONFIGS.parent / "hparams"
+    for task in ("listops", "text", "retrieval", "image", "pathfinder", "pathx"):
+        overrides = OmegaConf.load(hparams / "lra_official" / f"{task}.yaml").task.attention_overrides
+        assert overrides.bigbird.legacy_appended_block and overrides.bigbird.legacy_random_first_1024, task
+        assert overrides.local.legacy_strided_blocks, task
+    for task in ("text", "retrieval"):  # Skyformer's BigBird at 4096 positions
+        overrides = OmegaConf.load(hparams / "pytorch_lineage" / f"{task}.yaml").task.attention_overrides
+        assert overrides.bigbird.legacy_random_first_1024, task
