@@ -17,8 +17,8 @@ from lra.build import build_attention
 from lra.registry import ATTENTION_CONFIGS, load_attention_config
 from tests.attention.references import dense_pattern_reference
 from tests.attention.scaling import growth_per_doubling
-from tests.attention.sparse_pattern_cases import (assert_matches_pattern, build, padded_inputs, positions,
-                                                  run_float64)
+from tests.attention.sparse_pattern_cases import (assert_matches_pattern, assert_padding_invariant, build,
+                                                  padded_inputs, positions, run_float64)
 
 
 def itc_pattern(n, block, grid_blocks, random_blocks):
@@ -135,3 +135,7 @@ def test_presets_switch_on_the_official_behaviour():
     for task in ("text", "retrieval"):  # Skyformer's BigBird at 4096 positions
         overrides = OmegaConf.load(hparams / "pytorch_lineage" / f"{task}.yaml").task.attention_overrides
         assert overrides.bigbird.legacy_random_first_1024, task
+
+
+def test_padding_invariance_at_small_blocks():
+    assert_padding_invariant(build("bigbird", 30, block_size=3, num_random_blocks=2))

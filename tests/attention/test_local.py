@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from lra.registry import ATTENTION_CONFIGS
 from tests.attention.scaling import growth_per_doubling
-from tests.attention.sparse_pattern_cases import (assert_matches_pattern, build, padded_inputs, positions,
-                                                  run_float64)
+from tests.attention.sparse_pattern_cases import (assert_matches_pattern, assert_padding_invariant, build,
+                                                  padded_inputs, positions, run_float64)
 
 
 @pytest.mark.parametrize("length,block", [(20, 5), (23, 5), (17, 4), (9, 16)])
@@ -80,3 +80,7 @@ def test_memory_grows_linearly():
     attention = build("local", 4096, heads=2, dim=16, block_size=64)
     for ratio in growth_per_doubling(attention, lengths=(1024, 2048, 4096), backward=True):
         assert ratio < 2.5, ratio  # forward + backward, as trained
+
+
+def test_padding_invariance_at_small_blocks():
+    assert_padding_invariant(build("local", 30, block_size=3))

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from attention.longformer import window_sides
 from lra.registry import ATTENTION_CONFIGS
 from tests.attention.scaling import growth_per_doubling
-from tests.attention.sparse_pattern_cases import (assert_matches_pattern, build, padded_inputs, positions,
-                                                  run_float64)
+from tests.attention.sparse_pattern_cases import (assert_matches_pattern, assert_padding_invariant, build,
+                                                  padded_inputs, positions, run_float64)
 
 
 def official_window(n, w):
@@ -54,3 +54,7 @@ def test_memory_grows_linearly_at_a_fixed_window():
     attention = build("longformer", 4096, heads=2, dim=16, sliding_window_size=64)
     for ratio in growth_per_doubling(attention, lengths=(1024, 2048, 4096), backward=True):
         assert ratio < 2.5, ratio  # forward + backward, as trained
+
+
+def test_padding_invariance_at_a_small_window():
+    assert_padding_invariant(build("longformer", 30, sliding_window_size=4, num_global_tokens=1))

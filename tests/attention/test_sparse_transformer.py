@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from lra.registry import ATTENTION_CONFIGS
 from tests.attention.scaling import compiled_temp_bytes
-from tests.attention.sparse_pattern_cases import (assert_matches_pattern, build, padded_inputs, positions,
-                                                  run_float64)
+from tests.attention.sparse_pattern_cases import (assert_matches_pattern, assert_padding_invariant, build,
+                                                  padded_inputs, positions, run_float64)
 
 
 def fixed_pattern(n, l, c, causal, has_cls):
@@ -51,3 +51,7 @@ def test_memory_is_a_fraction_of_dense_softmax():
     dense = build("softmax", 4096, heads=2, dim=16)
     for n in (1024, 4096):
         assert compiled_temp_bytes(sparse, n) < 0.4 * compiled_temp_bytes(dense, n), n
+
+
+def test_padding_invariance_at_small_blocks():
+    assert_padding_invariant(build("sparse_transformer", 30, block_size=4, summary_size=1, has_cls=True))
