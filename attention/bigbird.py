@@ -19,7 +19,7 @@ kept in the model state (``RandomBlocks``), as the paper fixes the random graph.
 seeds NumPy with the layer index (``connectivity_seed=lyr`` in ``models/bigbird/bigbird.py``),
 which also fixes the pattern per layer; the draws differ, the distribution is the same, except:
 
-Quirk "BigBird random blocks in the first 1024" (``legacy_random_first_1024``, off by default): the official ``get_block_rand_mask`` is
+Quirk ``legacy_random_first_1024`` (off by default): the official ``get_block_rand_mask`` is
 called with ``last_idx=min(length, 1024)``, so on sequences longer than 1024 the random blocks are
 drawn only among the blocks of the first 1024 positions (ListOps 2K, Retrieval 4K). With the flag,
 random blocks are restricted to blocks 1 .. 1024/B - 1 as there.
@@ -27,7 +27,7 @@ random blocks are restricted to blocks 1 .. 1024/B - 1 as there.
 The pattern lives on the ``max_length`` grid, not on the padded length of a batch, so outputs at real
 tokens do not depend on how much padding follows. A shorter input uses the leading blocks of the grid.
 
-Quirk "BigBird appended block" (``legacy_appended_block``, off by default): the official module pads
+Quirk ``legacy_appended_block`` (off by default): the official module pads
 the input by B - (n mod B) zero positions (a whole block when B divides n) and pads its boolean
 padding mask with -1e9, which is True: those slots are attended as real keys with zero keys and
 values (the official projections have no bias), and the padded grid's last block, which holds them,

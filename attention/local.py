@@ -11,7 +11,7 @@ default of ``LocalTransformerEncoder`` in ``models/local/local.py``; their confi
 Image and Pathfinder (``image/configs/{cifar10,pathfinder32}/local_base.py``: ``block_size = 64``).
 The lra_official presets set them through ``task.attention_overrides.local`` (configs/hparams/lra_official/).
 
-Quirk of the official code (quirk "strided local blocks", off by default): ``legacy_strided_blocks``. The official module
+Quirk of the official code (off by default): ``legacy_strided_blocks``. The official module
 reshapes (batch, n, ...) into (batch, block_size, n / block_size, ...) and attends over the first of
 those axes, so the positions that attend each other are {j, j + n/B, j + 2 n/B, ...}: a strided
 (dilated) pattern of stride n/B, not contiguous blocks. Its padding mask is reshaped the other way
@@ -44,7 +44,7 @@ def local_attention(q, k, v, key_mask, *, block_size: int, weights_fn=None):
 
 
 def legacy_strided_local_attention(q, k, v, key_mask, *, block_size: int, weights_fn=None):
-    """The official LRA computation (quirk "strided local blocks"): strided groups, contiguously reshaped mask."""
+    """The official LRA computation (README quirk table): strided groups, contiguously reshaped mask."""
     batch, n, heads, d = q.shape
     B = block_size
     total = n + B - n % B  # official: always pads B - (n mod B), a whole block when B divides n
@@ -65,7 +65,7 @@ def legacy_strided_local_attention(q, k, v, key_mask, *, block_size: int, weight
 
 
 class LocalAttention(nnx.Module):
-    """Block-local softmax attention; ``block_size`` B, ``legacy_strided_blocks`` (quirk "strided local blocks")."""
+    """Block-local softmax attention; ``block_size`` B, ``legacy_strided_blocks`` (README quirk table)."""
 
     def __init__(self, spec: AttentionSpec, *, rngs: nnx.Rngs, block_size: int = 50,
                  legacy_strided_blocks: bool = False):

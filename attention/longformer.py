@@ -18,7 +18,7 @@ builds them) gives global attention its own projections. With LRA's settings bel
 
 Defaults per task (official LRA at cd31e5c): ``sliding_window_size`` 512 on every task (the default of
 ``LongformerEncoder`` in ``models/longformer/longformer.py``; no LRA config sets it). The official
-encoder never passes a ``global_mask``, so LRA's Longformer has **no global token** (quirk "Longformer without global tokens"):
+encoder never passes a ``global_mask``, so LRA's Longformer has **no global token** (README quirk table):
 the default here is g = 1 (the paper's classification setting, global attention on the first/CLS
 token) and the lra_official task presets set ``num_global_tokens: 0`` to reproduce the official runs
 (configs/hparams/lra_official/*.yaml, ``task.attention_overrides.longformer``).
