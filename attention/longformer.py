@@ -68,12 +68,12 @@ class LongformerAttention(nnx.Module):
             raise ValueError(f"attention.sliding_window_size must be a positive integer, got {sliding_window_size!r}")
         if not isinstance(num_global_tokens, int) or num_global_tokens < 0:
             raise ValueError(f"attention.num_global_tokens must be an integer >= 0, got {num_global_tokens!r}")
-        self.window_size, self.num_global_tokens = sliding_window_size, num_global_tokens
+        self.sliding_window_size, self.num_global_tokens = sliding_window_size, num_global_tokens
         self.dropout = nnx.Dropout(spec.dropout_rate, rngs=rngs)
 
     def __call__(self, q, k, v, key_mask, *, deterministic: bool):
         weights_fn = None
         if self.dropout.rate > 0 and not deterministic:
             weights_fn = lambda w: self.dropout(w, deterministic=False)  # noqa: E731
-        return longformer_attention(q, k, v, key_mask, window_size=self.window_size,
+        return longformer_attention(q, k, v, key_mask, window_size=self.sliding_window_size,
                                     num_global_tokens=self.num_global_tokens, weights_fn=weights_fn)
