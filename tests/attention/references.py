@@ -37,3 +37,26 @@ def linear_reference(q, k, v, key_mask, eps=1e-6):
                         denominator += similarity
                 out[b, i, h] = numerator / (denominator + eps)
     return out
+
+
+def dense_pattern_reference(q, k, v, key_mask, allowed):
+    """Float64 NumPy: softmax(q k^T / sqrt(d)) v over the keys j with ``allowed[h or 0][i, j]`` and key_mask.
+
+    ``allowed``: bool (n, n) or (h, n, n), the explicit pattern. Rows with no allowed real key are 0.
+    The brute-force reference of every sparse-pattern family (local, sparse_transformer, longformer, bigbird).
+    """
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    allowed = np.asarray(allowed, bool)
+    batch, n, heads, d = q.shape
+    out = np.zeros_like(v)
+    for b in range(batch):
+        for h in range(heads):
+            pattern = allowed if allowed.ndim == 2 else allowed[h]
+            for i in range(n):
+                keys = pattern[i] & np.asarray(key_mask[b], bool)
+                if not keys.any():
+                    continue
+                scores = k[b, keys, h] @ q[b, i, h] / np.sqrt(d)
+                w = np.exp(scores - scores.max())
+                out[b, i, h] = (w / w.sum()) @ v[b, keys, h]
+    return out
