@@ -34,21 +34,27 @@ TINY_TASK_OVERRIDES = {
 TINY_OTHER_TASK_TRAIN = ["train.steps=2", "train.eval_every=2", "train.log_every=1", "train.overhead_pairs=0"]
 
 
-def compose_tiny(tmp_path: Path, *overrides: str):
-    """The run config of ``overrides`` with tiny sizes and every path (data, results, run dir,
-    checkpoints) under ``tmp_path``, so no test sees another's cache, records or checkpoints."""
+def compose_config(*overrides: str):
+    """The run config of ``overrides`` composed from the real config tree, as ``python -m lra.train``
+    would see it (no tiny sizes, paths as configured): the one way tests call Hydra."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def compose_tiny(tmp_path: Path, *overrides: str):
+    """The run config of ``overrides`` with tiny sizes and every path (data, results, run dir,
+    checkpoints) under ``tmp_path``, so no test sees another's cache, records or checkpoints."""
     task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "listops")
     tiny = TINY_OVERRIDES if task == "listops" else [
         *(o for o in TINY_OVERRIDES if not o.startswith("task.")), *TINY_OTHER_TASK_TRAIN,
         *TINY_TASK_OVERRIDES.get(task, [])]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=[
-            *tiny, f"paths.data_dir={tmp_path / 'data'}",
-            f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}",
-            "checkpoint.dir=${run_dir}/checkpoints", *overrides])  # a run's own checkpoints
+    return compose_config(
+        *tiny, f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'run'}",
+        "checkpoint.dir=${run_dir}/checkpoints", *overrides)  # a run's own checkpoints
 
 
 @pytest.fixture

@@ -10,27 +10,20 @@ import threading
 
 import numpy as np
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 
 from lra.config_checks import ConfigError, check_config, config_problems
 from lra.data.batches import train_batches
 from lra.data.token_cache import TokenSplit
 from lra.train import run
-from tests.conftest import CONFIG_DIR, REPO, TINY_OVERRIDES
+from tests.conftest import REPO, TINY_OVERRIDES, compose_config, compose_tiny
 
 PROTOCOLS = ("smoke", "lra_official", "pytorch_lineage")
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
 
-def _compose(*overrides):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
-
-
 def test_every_preset_passes():
     for protocol, task in itertools.product(PROTOCOLS, TASKS):
-        assert config_problems(_compose(f"protocol={protocol}", f"task={task}")) == [], (protocol, task)
+        assert config_problems(compose_config(f"protocol={protocol}", f"task={task}")) == [], (protocol, task)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -48,9 +41,7 @@ def test_every_preset_passes():
     ("task.generator.min_length=300", "task.generator.min_length=300: must be below task.generator.max_length=256"),
 ])
 def test_a_bad_value_is_refused_before_anything_is_loaded(tmp_path, override, message):
-    cfg = _compose(*TINY_OVERRIDES, f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
-                   f"run_dir={tmp_path / 'run'}", "checkpoint.dir=${run_dir}/checkpoints",
-                   "task.generator.max_length=256", override)
+    cfg = compose_tiny(tmp_path, "task.generator.max_length=256", override)
     with pytest.raises(ConfigError) as raised:
         run(cfg)
     assert message in str(raised.value)
@@ -71,7 +62,7 @@ def test_batches_must_split_over_the_devices():
 
 @pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image"])
 def test_the_smoke_presets_fit_1_2_4_and_8_devices(task):
-    cfg = _compose("protocol=smoke", f"task={task}")
+    cfg = compose_config("protocol=smoke", f"task={task}")
     for devices in (1, 2, 4, 8):
         assert config_problems(cfg, devices=devices) == [], (task, devices)
 

@@ -8,16 +8,9 @@ from flax import nnx
 from lra.data.tasks import batch_length
 from lra.model import DualEncoder, count_parameters
 from lra.build import build_attention, build_model
-from tests.conftest import CONFIG_DIR
+from tests.conftest import compose_config
 
 VOCAB = {"text": 257, "retrieval": 257, "image": 256}
-
-
-def _compose(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("task,params,row", [
@@ -26,14 +19,14 @@ def _compose(*overrides):
     ("image", 248_458, 1024),         # LRA issue #2: 248,458
 ])
 def test_official_configs_give_the_published_parameter_counts(task, params, row):
-    cfg = _compose(f"task={task}", "protocol=lra_official")
+    cfg = compose_config(f"task={task}", "protocol=lra_official")
     model = nnx.eval_shape(lambda: build_model(cfg, VOCAB[task], build_attention(cfg.attention)[1]))
     assert count_parameters(model) == params and batch_length(cfg.task) == row
 
 
 def test_retrieval_heads_per_protocol():
-    official = _compose("task=retrieval", "protocol=lra_official")
-    lineage = _compose("task=retrieval", "protocol=pytorch_lineage")
+    official = compose_config("task=retrieval", "protocol=lra_official")
+    lineage = compose_config("task=retrieval", "protocol=pytorch_lineage")
     assert (official.model.interaction, official.model.head_layers, official.model.prepend_cls) == ("concat", 2, False)
     assert (lineage.model.interaction, lineage.model.head_layers, lineage.model.pooling) == ("nli", 1, "mean")
     assert lineage.task.max_length == 4096 and lineage.task.content_length == 4000
@@ -44,12 +37,12 @@ def test_retrieval_heads_per_protocol():
 def test_task_attention_overrides_apply_only_to_the_named_attention():
     from lra.build import task_attention_config
 
-    mra = _compose("task=image", "attention=mra2")
+    mra = compose_config("task=image", "attention=mra2")
     assert task_attention_config(mra).patch_order is True and mra.attention.patch_order is False
     assert build_attention(task_attention_config(mra))[2]["patch_order"] is True  # recorded with the run
-    softmax = _compose("task=image", "attention=softmax")
+    softmax = compose_config("task=image", "attention=softmax")
     assert task_attention_config(softmax) == softmax.attention
-    assert task_attention_config(_compose("task=text", "attention=mra2")).patch_order is False
+    assert task_attention_config(compose_config("task=text", "attention=mra2")).patch_order is False
 
 
 # The MRA authors' per-task settings (old_code/LRA/models/mra2/8/config.json and 8-s/config.json):
@@ -66,7 +59,7 @@ MRA_PER_TASK = {
 def test_mra_gets_the_authors_per_task_settings(task, attention):
     from lra.build import task_attention_config
 
-    config = task_attention_config(_compose(f"task={task}", f"attention={attention}"))
+    config = task_attention_config(compose_config(f"task={task}", f"attention={attention}"))
     got = (config.patch_order, config.initial_prior_first_n_blocks, config.initial_prior_diagonal_n_blocks)
     assert got == MRA_PER_TASK[task, attention]
 
@@ -84,9 +77,9 @@ def test_pytorch_lineage_turns_on_its_authors_flags_and_other_protocols_do_not(t
                "performer": {"redraw": "never", "double_scale": True, "key_offset": "batch", "legacy_qr_signs": True,
                              "feature_eps": 1e-4, "query_offset": "projection", "padded_keys": "zeroed"}}
     for attention, flags in lineage.items():
-        on = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=pytorch_lineage"))
-        off = task_attention_config(_compose(f"task={task}", f"attention={attention}", "protocol=lra_official"))
+        on = task_attention_config(compose_config(f"task={task}", f"attention={attention}", "protocol=pytorch_lineage"))
+        off = task_attention_config(compose_config(f"task={task}", f"attention={attention}", "protocol=lra_official"))
         assert {key: on[key] for key in flags} == flags
         assert all(off[key] != value for key, value in flags.items())
-    mra = task_attention_config(_compose(f"task={task}", "attention=mra2_s", "protocol=pytorch_lineage"))
+    mra = task_attention_config(compose_config(f"task={task}", "attention=mra2_s", "protocol=pytorch_lineage"))
     assert mra.patch_order == MRA_PER_TASK[task, "mra2_s"][0]  # the task's own overrides survive the merge
