@@ -1,11 +1,28 @@
-"""Writes that are all-or-nothing: a reader (or a killed writer) never sees a half-written file."""
+"""Writes that are all-or-nothing: a reader (or a killed writer) never sees a half-written file or folder.
+
+Files: :func:`atomic_write_text` / :func:`atomic_write_bytes` write a temporary sibling, fsync it and
+rename it into place (optionally refusing to replace an existing file); :func:`best_effort_write_text`
+does the same for a memo whose loss costs only time.
+
+Folders: :func:`building_directory` hands out a hidden temporary sibling of the target
+(``.<name>.tmp-<host>-<pid>-<random>``), removes it if the block fails, and :func:`install_directory`
+renames it into place (an existing target is kept, or with ``overwrite`` moved aside to
+``.<name>.old-...`` and removed once the new one is in). Temporary siblings of writers that died are
+removed by the next writer (:func:`clean_stale_siblings`). The token caches, the unpacked data
+archives and the result records all go through this module.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import shutil
+import socket
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -22,10 +39,20 @@ def _process_umask() -> int:
     return mask
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_directory(directory: str | Path, *, strict: bool = True) -> None:
+    """Flush a folder's entries (a rename into it survives a crash); ``strict=False`` ignores a
+    filesystem that cannot do it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        if strict:
+            raise
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        if strict:
+            raise
     finally:
         os.close(fd)
 
@@ -84,7 +111,7 @@ def _write_then_move(path: Path, content: str | bytes, exclusive: bool) -> None:
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -102,3 +129,116 @@ def exclusive_lock(lock_path: str | Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def best_effort_write_text(path: str | Path, text: str) -> bool:
+    """Replace ``path`` by ``text`` through a temporary sibling, for memos whose loss only costs
+    time: any OSError (a read-only folder) is swallowed. Returns whether the write happened."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+
+
+# --------------------------------------------------------------------------- #
+# Folders
+# --------------------------------------------------------------------------- #
+
+# Temporary folders of writers that died are removed once older than this when their owner cannot
+# be checked (another host).
+STALE_SECONDS = 24 * 3600
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    """``.<name>.<kind>-<host>-<pid>-<random>`` beside ``target``."""
+    return target.parent / f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_siblings(target: str | Path) -> None:
+    """Remove the temporary and set-aside folders of ``target`` whose writer died (same host, no such
+    process) or that are older than ``STALE_SECONDS`` (a writer on another host)."""
+    target = Path(target)
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    host = socket.gethostname()
+    for prefix in (f".{target.name}.tmp-", f".{target.name}.old-"):
+        for p in parent.glob(prefix + "*"):
+            if not p.is_dir():
+                continue
+            parts = p.name[len(prefix):].rsplit("-", 2)  # <host>-<pid>-<random>; host may contain '-'
+            stale = False
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+                stale = int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1]))
+            if not stale:
+                try:
+                    stale = time.time() - p.stat().st_mtime > STALE_SECONDS
+                except OSError:
+                    continue
+            if stale:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def building_directory(target: str | Path) -> Iterator[Path]:
+    """A fresh hidden temporary sibling of ``target`` to fill; removed if the block raises (and, if
+    :func:`install_directory` has not moved it, when the block ends). Stale siblings left by dead
+    writers are cleaned first."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_siblings(target)
+    tmp = _sibling(target, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a no-op once installed
+
+
+def install_directory(tmp: str | Path, target: str | Path, *, overwrite: bool = False,
+                      complete: str | None = None) -> bool:
+    """Move the finished folder ``tmp`` to ``target`` (fsyncing both levels).
+
+    An existing ``target`` is replaced only with ``overwrite`` (moved aside first, so readers see
+    the old or the new folder, never neither for long, and removed after); otherwise ``tmp`` is
+    discarded and False returned (another writer finished first). ``complete`` names a file whose
+    presence marks a finished ``target``: losing a rename race to one counts as finished by the
+    other writer. Returns True when ``tmp`` became ``target``.
+    """
+    tmp, target = Path(tmp), Path(target)
+    fsync_directory(tmp, strict=False)
+    if target.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        old = _sibling(target, "old")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if complete is not None and (target / complete).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)  # lost a race; the other copy is complete
+                return False
+            raise
+    fsync_directory(target.parent, strict=False)
+    return True

@@ -9,7 +9,7 @@
 
 ``extract_tar(archive, target, select=...)``
     Unpacks a (gzipped) tar into a hidden temporary sibling of ``target`` and renames it into
-    place only when every member is out.  A member whose path is absolute or leaves the target
+    place only when every member is out (``lra/atomic_files.py``).  A member whose path is absolute or leaves the target
     through ``..``, a symbolic or hard link that points outside it, and device or FIFO members are
     refused with :class:`ArchiveError` naming the archive and the member, before anything of the
     archive is kept.  Python's own ``filter="data"`` (PEP 706) is applied on top.
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import tarfile
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from lra.atomic_files import building_directory, install_directory
 from lra.data.preparation import progress_bar
 
 __all__ = ["ArchiveError", "DownloadError", "download", "extract_tar"]
@@ -147,10 +146,7 @@ def extract_tar(archive: str | os.PathLike, target: str | os.PathLike, *,
         raise FileExistsError(f"extraction target {target} already exists")
     if not archive.is_file():
         raise FileNotFoundError(f"archive {archive} does not exist")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with building_directory(target) as tmp:
         with progress_bar(progress, bytes_=True) as bar, open(archive, "rb") as raw:
             task = bar.add_task(f"extracting {archive.name}", total=archive.stat().st_size)
             try:
@@ -165,8 +161,6 @@ def extract_tar(archive: str | os.PathLike, target: str | os.PathLike, *,
             bar.update(task, completed=archive.stat().st_size)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not install_directory(tmp, target):
+            raise FileExistsError(f"extraction target {target} appeared while extracting (another process)")
     return target

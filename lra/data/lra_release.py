@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lra.atomic_files import install_directory
 from lra.data.archives import download, extract_tar
 from lra.data.token_cache import file_sha256
 
@@ -145,8 +146,5 @@ def _extract(archive: Path, extracted: Path, needs: str, identity: dict, progres
         raise FileNotFoundError(f"{archive} holds no {needs}/ folder (looked one and two lra_release/ levels "
                                 f"down); is it the LRA release archive? " + release_help(needs))
     if replace:
-        old = extracted.with_name(f".{extracted.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(extracted, old)
-        os.replace(target, extracted)
-        shutil.rmtree(old, ignore_errors=True)
+        install_directory(target, extracted, overwrite=True)
     return _find_root(extracted, needs)

@@ -22,8 +22,9 @@ sequences are all full length and the manifest's ``pad_id`` is ``None``).
 
 Writes are atomic: :func:`write_cache` fills a hidden temporary sibling
 directory and renames it into place only once every file and the manifest are
-complete, so an interrupted write never leaves a half-written cache behind.
-Leftover temporary directories of dead writers are removed by the next write.
+complete (``lra/atomic_files.py``), so an interrupted write never leaves a
+half-written cache behind. Leftover temporary directories of dead writers are
+removed by the next write.
 Reads are cheap: :func:`read_cache` memory-maps the arrays and checks only
 sizes and shapes unless ``verify=True`` asks for a full sha256 check.
 :func:`validate_cache` is what every run calls (``lra.data.tasks.load_task``):
@@ -39,11 +40,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
-import socket
 import struct
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -52,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from lra.atomic_files import best_effort_write_text, building_directory, install_directory
 from lra.digest import json_sha256, path_sha256
 
 __all__ = [
@@ -72,9 +70,6 @@ __all__ = [
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-# Temporary directories of writers that died are removed once they are older
-# than this, when their owner cannot be checked (another host).
-_STALE_TMP_SECONDS = 24 * 3600
 # Size of the hand-written .npy header of the tokens file (fixed, so it can be
 # rewritten in place once the total length is known).
 _NPY_HEADER_BYTES = 128
@@ -344,13 +339,8 @@ def validate_cache(cache: TokenCache, num_classes: int | None = None) -> TokenCa
                 raise CacheError(f"token cache {d}: split {name!r} has label {int(labels[bad])} at example {bad}, "
                                  f"outside the task's {num_classes} classes (0..{num_classes - 1}); the cache "
                                  "does not belong to this task or is corrupt: delete the directory to rebuild it")
-    if changed:
-        try:
-            tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
-            os.replace(tmp, memo_path)
-        except OSError:
-            pass  # a read-only cache is checked again by the next process; nothing is wrong
+    if changed:  # a read-only cache is checked again by the next process; nothing is wrong
+        best_effort_write_text(memo_path, json.dumps(memo, indent=1))
     _validated.add(key)
     return cache
 
@@ -369,45 +359,6 @@ def _npy_header(dtype: np.dtype, length: int) -> bytes:
         raise ValueError("npy header too long")  # impossible for 1-D arrays
     text = text.ljust(room) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
-
-
-def _tmp_prefix(target: Path) -> str:
-    return f".{target.name}.tmp-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_tmp(target: Path) -> None:
-    """Remove temporary directories left by writers of ``target`` that died."""
-    parent = target.parent
-    if not parent.is_dir():
-        return
-    host = socket.gethostname()
-    for prefix in (_tmp_prefix(target), f".{target.name}.old-"):
-        for p in parent.glob(prefix + "*"):
-            if not p.is_dir():
-                continue
-            rest = p.name[len(prefix) :]
-            # name: <host>-<pid>-<random>; host may itself contain '-'.
-            parts = rest.rsplit("-", 2)
-            stale = False
-            if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
-                stale = int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1]))
-            if not stale:
-                try:
-                    stale = time.time() - p.stat().st_mtime > _STALE_TMP_SECONDS
-                except OSError:
-                    continue
-            if stale:
-                shutil.rmtree(p, ignore_errors=True)
 
 
 def _write_split(
@@ -468,19 +419,6 @@ def _write_split(
     }
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_cache(
     directory: str | os.PathLike,
     splits: Mapping[str, tuple[Iterable[np.ndarray], np.ndarray]],
@@ -522,12 +460,7 @@ def write_cache(
         raise FileExistsError(f"token cache {target} already exists")
     dtype = token_dtype_for(len(vocab))
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(target)
-    tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = target.parent / f"{_tmp_prefix(target)}{tag}"
-    tmp.mkdir()
-    try:
+    with building_directory(target) as tmp:
         split_meta = {}
         for name, (sequences, labels) in splits.items():
             split_meta[name] = _write_split(tmp, name, sequences, labels, dtype, len(vocab))
@@ -552,29 +485,8 @@ def write_cache(
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
-
-        if target.exists():
-            if not overwrite:
-                # Another writer finished first; keep its copy.
-                shutil.rmtree(tmp, ignore_errors=True)
-                return target
-            old = target.parent / f".{target.name}.old-{tag}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if target.is_dir() and (target / MANIFEST_NAME).is_file():
-                    shutil.rmtree(tmp, ignore_errors=True)  # lost a race; the other copy is complete
-                    return target
-                raise
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # Another writer that finished first keeps its copy (ours is discarded).
+        install_directory(tmp, target, overwrite=overwrite, complete=MANIFEST_NAME)
     return target
 
 
@@ -599,13 +511,7 @@ def file_sha256(path: Path, memo_path: Path) -> str:
         return entry["sha256"]
     digest = path_sha256(path)
     memo[key] = {"stamp": stamp, "sha256": digest}
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass  # memo is only an optimisation
+    best_effort_write_text(memo_path, json.dumps(memo, indent=1))  # the memo only saves time
     return digest
 
 
