@@ -1,4 +1,4 @@
-"""Tests for lra.data.listops: semantics, generator, tokenizers, TSV reader, cached loading.
+"""Tests for lra.data.listops and lra.data.listops_generator: semantics, generator, tokenizers, TSV reader, cached loading.
 
 The evaluators below are written independently of the generator: they parse the
 official serialised string, one by folding the parenthesised pairs, one with a
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lra.data import listops as L
+from lra.data import listops_generator as G
 from lra.data.token_cache import CacheError, read_cache
 
 SMALL = {"min_length": 20, "max_length": 200}
@@ -138,29 +139,29 @@ def test_hand_written_cases(expr, tokenized, value):
     assert eval_pairs(expr) == value
     ids = L.encode(expr)
     assert L.decode(ids) == tokenized
-    assert L.to_expression(ids) == expr
+    assert G.to_expression(ids) == expr
 
 
 def test_to_expression_input_checks():
-    assert L.to_expression([12, 3, 10, 11, 0, 0]) == "( ( ( [MAX 2 ) 9 ) ] )"  # padding ignored
-    assert L.to_expression([8]) == "7"
+    assert G.to_expression([12, 3, 10, 11, 0, 0]) == "( ( ( [MAX 2 ) 9 ) ] )"  # padding ignored
+    assert G.to_expression([8]) == "7"
     for bad in ([12, 3, 10], [3, 4], [11], [12, 3, 11, 11], [16, 3, 11]):
         with pytest.raises(ValueError):
-            L.to_expression(bad)
+            G.to_expression(bad)
 
 
 def test_apply_operator():
-    assert L.apply_operator("[MED", [1, 2]) == 1
-    assert L.apply_operator("[MED", [3, 8, 1, 2]) == 2
-    assert L.apply_operator("[MED", [0, 9, 9, 9]) == 9
-    assert L.apply_operator("[MED", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]) == 4
-    assert L.apply_operator("[SM", [9, 9, 9]) == 7
-    assert L.apply_operator("[MIN", [4, 2, 8]) == 2
-    assert L.apply_operator("[MAX", [4, 2, 8]) == 8
+    assert G.apply_operator("[MED", [1, 2]) == 1
+    assert G.apply_operator("[MED", [3, 8, 1, 2]) == 2
+    assert G.apply_operator("[MED", [0, 9, 9, 9]) == 9
+    assert G.apply_operator("[MED", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]) == 4
+    assert G.apply_operator("[SM", [9, 9, 9]) == 7
+    assert G.apply_operator("[MIN", [4, 2, 8]) == 2
+    assert G.apply_operator("[MAX", [4, 2, 8]) == 8
     with pytest.raises(ValueError):
-        L.apply_operator("[FIRST", [1])
+        G.apply_operator("[FIRST", [1])
     for args in ([1, 2], [5, 0, 7, 7], [9, 8, 1, 0, 2, 2], [3, 4, 4, 5, 6]):
-        assert L.apply_operator("[MED", args) == int(np.median(args))
+        assert G.apply_operator("[MED", args) == int(np.median(args))
 
 
 # --------------------------------------------------------------------------- #
@@ -189,9 +190,9 @@ def test_encode_ids_and_oov():
 
 
 def test_round_trip_on_generated():
-    data = L.generate_listops(60, 0, 0, seed=5, workers=1, progress=False, **SMALL)
+    data = G.generate_listops(60, 0, 0, seed=5, workers=1, progress=False, **SMALL)
     for seq in data["train"][0]:
-        expr = L.to_expression(seq)
+        expr = G.to_expression(seq)
         ids = L.encode(expr)
         np.testing.assert_array_equal(ids, seq)
         tokenized = expr.replace("(", " ").replace(")", " ").replace("]", "X").split()
@@ -222,7 +223,7 @@ def test_legacy_tokenizer_drops_brackets():
 
 @pytest.fixture(scope="module")
 def small_data():
-    return L.generate_listops(300, 20, 20, seed=0, workers=1, progress=False, **SMALL)
+    return G.generate_listops(300, 20, 20, seed=0, workers=1, progress=False, **SMALL)
 
 
 def test_generator_semantics_and_lengths(small_data):
@@ -230,7 +231,7 @@ def test_generator_semantics_and_lengths(small_data):
     for seqs, labels in small_data.values():
         assert labels.dtype == np.int32
         for seq, label in zip(seqs, labels.tolist()):
-            expr = L.to_expression(seq)
+            expr = G.to_expression(seq)
             assert eval_stack(expr) == label
             assert eval_pairs(expr) == label
             length = official_length(expr)
@@ -241,10 +242,10 @@ def test_generator_semantics_and_lengths(small_data):
 
 
 def test_generator_default_lengths_and_depth():
-    data = L.generate_listops(30, 0, 0, seed=1, workers=1, progress=False)
+    data = G.generate_listops(30, 0, 0, seed=1, workers=1, progress=False)
     seqs, labels = data["train"]
     for seq, label in zip(seqs, labels.tolist()):
-        expr = L.to_expression(seq)
+        expr = G.to_expression(seq)
         assert 500 < official_length(expr) < 2000
         assert eval_stack(expr) == label
         depth = max_depth = 0
@@ -269,7 +270,7 @@ def _arities(tokenized: str) -> list[int]:
 
 
 def test_max_args_and_depth_respected():
-    data = L.generate_listops(100, 0, 0, seed=2, workers=1, progress=False,
+    data = G.generate_listops(100, 0, 0, seed=2, workers=1, progress=False,
                               max_depth=4, max_args=3, min_length=5, max_length=60)  # fmt: skip
     for seq in data["train"][0]:
         tokenized = L.decode(seq)
@@ -296,21 +297,21 @@ def test_split_sizes_and_no_duplicates(small_data):
 def test_dedupe_with_many_collisions():
     # max_depth 2: a root operator over 2 or 3 leaves -> only 4 * (100 + 1000) distinct trees
     kw = dict(seed=3, max_depth=2, max_args=3, min_length=3, max_length=6, workers=1, progress=False)
-    data = L.generate_listops(1500, 100, 100, **kw)
+    data = G.generate_listops(1500, 100, 100, **kw)
     keys = [k for _, (k, _) in _flatten(data)]
     assert len(keys) == 1700 and len(set(keys)) == 1700
-    again = L.generate_listops(1500, 100, 100, **kw)
+    again = G.generate_listops(1500, 100, 100, **kw)
     assert _flatten(again) == _flatten(data)
     with pytest.raises(RuntimeError, match="distinct trees"):
-        L.generate_listops(5000, 0, 0, **kw)
+        G.generate_listops(5000, 0, 0, **kw)
 
 
 def test_deterministic_across_runs_and_workers(small_data):
-    again = L.generate_listops(300, 20, 20, seed=0, workers=1, progress=False, **SMALL)
+    again = G.generate_listops(300, 20, 20, seed=0, workers=1, progress=False, **SMALL)
     assert _flatten(again) == _flatten(small_data)
-    parallel = L.generate_listops(300, 20, 20, seed=0, workers=2, progress=False, **SMALL)
+    parallel = G.generate_listops(300, 20, 20, seed=0, workers=2, progress=False, **SMALL)
     assert _flatten(parallel) == _flatten(small_data)
-    other = L.generate_listops(300, 20, 20, seed=1, workers=1, progress=False, **SMALL)
+    other = G.generate_listops(300, 20, 20, seed=1, workers=1, progress=False, **SMALL)
     assert not set(k for _, (k, _) in _flatten(other)) & set(k for _, (k, _) in _flatten(small_data))
 
 
@@ -388,7 +389,7 @@ def _write_release(cache, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for split in L.SPLITS:
         sp = cache[split]
-        exprs = [L.to_expression(sp.sequence(i)) for i in range(len(sp))]
+        exprs = [G.to_expression(sp.sequence(i)) for i in range(len(sp))]
         L.write_listops_tsv(folder / L.RELEASE_FILES[split], exprs, sp.labels)
 
 
@@ -513,7 +514,7 @@ def test_damaged_cache_is_reported(tmp_path):
 @pytest.mark.slow
 def test_full_default_generation(tmp_path):
     cfg = {"name": "listops", "source": "generator", "release_dir": None, "tokenizer": "fixed",
-           "generator": dict(L.DEFAULT_GENERATOR)}  # fmt: skip
+           "generator": dict(G.DEFAULT_GENERATOR)}  # fmt: skip
     t0 = time.perf_counter()
     cache = L.load_listops(cfg, tmp_path, progress=False)
     elapsed = time.perf_counter() - t0

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +52,8 @@ import numpy as np
 
 from lra.atomic_files import best_effort_write_text, building_directory, install_directory
 from lra.digest import json_sha256, path_sha256
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -525,26 +528,35 @@ def open_or_build(
     params: Mapping[str, Any],
     build: Callable[[Any], tuple[Mapping[str, tuple[Iterable[np.ndarray], Any]], Mapping[str, Any]]],
     progress: bool = True,
+    *,
+    bytes_: bool = True,
 ) -> TokenCache:
     """Open the cache in ``directory``, or build it first with ``build(bar) -> (splits, manifest_extra)``.
 
-    ``bar`` is a rich progress bar (byte counts) that stays live while the splits are written, so
-    ``splits`` may hold generators that read their source lazily; a split's labels may be a list
-    that its generator fills, since :func:`write_cache` reads the labels after the sequences.
-    ``params`` (every parameter that changes the content) is stored as the manifest's ``params``;
-    an existing cache whose ``params`` differ raises :class:`CacheError`.  Building goes through
-    :func:`write_cache`, so an interrupted build leaves nothing behind.
+    Every task loader ends here: it resolves its config into ``params`` (every parameter that
+    changes the content; the directory name is usually ``params_key(prefix, params)``) and a
+    ``build`` function that reads or generates the data.  ``bar`` is a rich progress bar (byte
+    counts, or plain counts with ``bytes_=False``) that stays live while the splits are written,
+    so ``splits`` may hold generators that read their source lazily; a split's labels may be a
+    list or array that its generator fills, since :func:`write_cache` reads the labels after the
+    sequences.  ``params`` is stored as the manifest's ``params``; the cache that comes back,
+    found or just built (or completed first by another process), must carry exactly these
+    ``params``, else :class:`CacheError`.  Building goes through :func:`write_cache`, so an
+    interrupted or failing build leaves nothing behind.
     """
     from lra.data.preparation import progress_bar
 
     directory = Path(directory)
-    if not directory.exists():
-        with progress_bar(progress, bytes_=True) as bar:
+    if directory.exists():
+        log.info("%s: using cache %s", directory.parent.name, directory)
+    else:
+        log.info("%s: building cache %s", directory.parent.name, directory)
+        with progress_bar(progress, bytes_=bytes_) as bar:
             splits, manifest_extra = build(bar)
             try:
                 write_cache(directory, splits, {**manifest_extra, "params": json.loads(json.dumps(params, default=str))})
             except FileExistsError:
-                pass  # another process completed it first; its copy is read below
+                log.info("%s: another process completed %s first; using its copy", directory.parent.name, directory)
     return read_matching_cache(directory, params)
 
 
