@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lra.data.archives import ArchiveError
-from lra.data.image import CIFAR_COUNTS, load_image, read_cifar_archive, rgb_to_grayscale
+from lra.data.encodings import rgb_to_grayscale
+from lra.data.image import CIFAR_COUNTS, load_image, read_cifar_archive
 from tests.conftest import compose_tiny
 from tests.lra_fixtures import cifar_batch_bytes, cifar_records, write_cifar_tar
 

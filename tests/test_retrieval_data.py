@@ -10,8 +10,8 @@ from flax import nnx
 
 from attention.softmax import SoftmaxAttention
 from lra.data.batches import eval_batches
-from lra.data.retrieval import (RELEASE_COUNTS, AANFormatError, encode_bytes, encode_pair, load_retrieval,
-                                read_aan_tsv)
+from lra.data.encodings import encode_bytes
+from lra.data.retrieval import RELEASE_COUNTS, AANFormatError, encode_pair, load_retrieval, read_aan_tsv
 from lra.model import DualEncoder
 from tests.conftest import compose_tiny
 from tests.lra_fixtures import aan_line, write_aan_files

@@ -15,7 +15,7 @@ Sources (``task.source``):
 ``tfds``
     A prepared ``array_record`` copy read with ``tfds.data_source`` and its ``train[:90%]`` slices.
 
-Encoding: TensorFlow's ``tf.image.rgb_to_grayscale`` bit for bit (quirk
+Encoding (``lra/data/encodings.py``): TensorFlow's ``tf.image.rgb_to_grayscale`` bit for bit (quirk
 D9): uint8 -> float32 times 1/255, weights (0.2989, 0.5870, 0.1140) in float32, back to uint8 by
 multiplying by 255.5 and truncating.  The 32 x 32 pixels, row-major, are the tokens (vocab 256,
 no normalisation).  Pixel tasks have no padding: ``task.pad_id`` is null, unless the protocol
@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from lra.data.archives import ArchiveError
-from lra.data.tfds_sources import raw_archive, tfds_order, tfds_split
-from lra.data.token_cache import TokenCache, file_sha256, open_or_build, params_key
+from lra.data.encodings import GRAYSCALE_TOKENIZER, PIXEL_VOCAB, rgb_to_grayscale
+from lra.data.tfds_sources import choose_source, tfds_order, tfds_split
+from lra.data.token_cache import TokenCache, open_or_build, params_key
 
-__all__ = ["CIFAR_COUNTS", "CIFAR_SIZE", "CIFAR_URL", "GRAYSCALE_WEIGHTS", "load_image", "read_cifar_archive",
-           "rgb_to_grayscale"]
+__all__ = ["CIFAR_COUNTS", "CIFAR_SIZE", "CIFAR_URL", "load_image", "read_cifar_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +49,10 @@ CIFAR_SIZE = 170_052_171  # bytes (TFDS url_checksums/cifar10.txt)
 #: Images per split of the official LRA split of TFDS cifar10.
 CIFAR_COUNTS: dict[str, int] = {"train": 45_000, "val": 5_000, "test": 10_000}
 TRAIN_FRACTION = 0.9  # train[:90%] / train[90%:]
-GRAYSCALE_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)  # tf.image.rgb_to_grayscale
 RECORD_BYTES = 1 + 3 * 32 * 32
 NUM_CLASSES = 10
-ENCODING_VERSION = 1
-VOCAB: list[str] = [str(v) for v in range(256)]  # token = gray level
 _TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 _MEMBER = re.compile(r"^cifar-10-batches-bin/(data_batch_[1-5]|test_batch)\.bin$")
-
-
-def rgb_to_grayscale(images: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``(..., 3)`` -> uint8 gray ``(...)``, exactly as ``tf.image.rgb_to_grayscale``.
-
-    TF converts to float32 by multiplying by 1/255, takes the weighted sum in float32 and converts
-    back with ``cast(x * 255.5)`` (truncation), so e.g. RGB (10, 200, 30) gives 124, where rounding
-    the weighted sum 123.809 down would give 123.
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images of shape (..., 3), got {images.dtype} {images.shape}")
-    scaled = images.astype(np.float32) * np.float32(1.0 / 255.0)
-    w = GRAYSCALE_WEIGHTS
-    gray = scaled[..., 0] * w[0] + scaled[..., 1] * w[1] + scaled[..., 2] * w[2]
-    return np.clip(gray * np.float32(255.5), 0, 255).astype(np.uint8)
 
 
 def _parse_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -149,32 +130,24 @@ def load_image(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progr
     ``download``, ``tfds_data_dir``."""
     if task_cfg.get("name", "image") != "image":
         raise ValueError(f"load_image got a config for task {task_cfg.get('name')!r}")
-    source = task_cfg.get("source", "raw")
-    if source not in ("raw", "tfds"):
-        raise ValueError(f"task.source={source!r}: Image reads 'raw' (cifar-10-binary.tar.gz) or 'tfds'")
-    params: dict[str, Any] = {"source": source, "encoding": "tf_rgb_to_grayscale", "encoding_version": ENCODING_VERSION,
-                              "split": "train[:90%] / train[90%:] / test"}
-    task_root = Path(cache_root).expanduser() / "image"
-    if source == "raw":
-        archive = raw_archive(task_cfg, cache_root, filename="cifar-10-binary.tar.gz", url=CIFAR_URL,
-                              size=CIFAR_SIZE, progress=progress)
-        params["archive"] = {"name": archive.name, "sha256": file_sha256(archive, task_root / ".raw-sha256.json")}
-    else:
-        data_dir = task_cfg.get("tfds_data_dir")
-        params["tfds"] = {"name": "cifar10", "data_dir": data_dir}
+    source = choose_source(task_cfg, cache_root, task="image", filename="cifar-10-binary.tar.gz", url=CIFAR_URL,
+                           size=CIFAR_SIZE, tfds_name="cifar10", progress=progress)
+    params: dict[str, Any] = {"source": source.kind, "encoding": GRAYSCALE_TOKENIZER["name"],
+                              "encoding_version": GRAYSCALE_TOKENIZER["version"],
+                              "split": "train[:90%] / train[90%:] / test", **source.params}
 
     def build(bar):
-        data = _split_train(read_cifar_archive(archive, bar)) if source == "raw" else _read_tfds(data_dir, bar)
+        data = (_split_train(read_cifar_archive(source.archive, bar)) if source.kind == "raw"
+                else _read_tfds(source.tfds_data_dir, bar))
         for split, (_, labels) in data.items():
             if len(labels) != CIFAR_COUNTS[split]:
                 log.warning("Image: %s split has %d images; the official split has %d", split, len(labels),
                             CIFAR_COUNTS[split])
         splits = {split: (rgb_to_grayscale(images).reshape(len(images), -1), labels)
                   for split, (images, labels) in data.items()}
-        described = ({"kind": "raw", "url": CIFAR_URL, "path": str(archive.resolve()), **params["archive"]}
-                     if source == "raw" else {"kind": "tfds", **params["tfds"]})
-        return splits, {"task": "image", "source": described, "vocab": VOCAB, "grid_shape": [32, 32],
+        return splits, {"task": "image", "source": source.describe(), "vocab": PIXEL_VOCAB, "grid_shape": [32, 32],
                         "padding": "none: every row has 1,024 pixels and id 0 is a black pixel (task.pad_id null)",
-                        "tokenizer": {"name": "tf_rgb_to_grayscale", "version": ENCODING_VERSION}}
+                        "tokenizer": dict(GRAYSCALE_TOKENIZER)}
 
-    return open_or_build(task_root / params_key(source, params), params, build, progress)
+    return open_or_build(Path(cache_root).expanduser() / "image" / params_key(source.kind, params), params, build,
+                         progress)

@@ -45,10 +45,11 @@ from typing import Any
 
 import numpy as np
 
+from lra.data.encodings import PIXEL_TOKENIZER, PIXEL_VOCAB
 from lra.data.lra_release import release_root
 from lra.data.preparation import default_workers, progress_bar
 from lra.data.pathfinder_generator import GENERATOR_VERSION, generate_images, params_for
-from lra.data.token_cache import TokenCache, params_key, read_cache, read_matching_cache, write_cache
+from lra.data.token_cache import TokenCache, open_or_build, params_key
 
 __all__ = [
     "DIFFICULTIES",
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 RESOLUTIONS: dict[str, int] = {"pathfinder": 32, "pathx": 128}
 DIFFICULTIES = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
 SPLITS = ("train", "val", "test")
-VOCAB: tuple[str, ...] = tuple(str(v) for v in range(256))
 NUM_CLASSES = 2
 LABEL_FIELD = 3
 #: Bumped whenever reading the release gives different tokens or splits.
@@ -324,7 +324,7 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
     cfg = _resolve_config(task_cfg)
     name, resolution = cfg["name"], cfg["resolution"]
     task_root = Path(cache_root).expanduser() / name
-    key: dict[str, Any] = {"source": cfg["source"], "resolution": resolution, "vocab_size": len(VOCAB)}
+    key: dict[str, Any] = {"source": cfg["source"], "resolution": resolution, "vocab_size": len(PIXEL_VOCAB)}
     listing = None
     if cfg["source"] == "generator":
         key.update(generator=asdict(cfg["params"]), counts=cfg["counts"], generator_version=GENERATOR_VERSION)
@@ -341,12 +341,7 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
                    metadata_sha256=listing.metadata_sha256, images_sha256=files.hexdigest())
         directory = task_root / params_key(f"release-{cfg['difficulty']}-split{cfg['split_seed']}", key)
 
-    if directory.exists():
-        log.info("%s: using cache %s", name, directory)
-        return read_matching_cache(directory, key)
-
-    log.info("%s: building cache %s", name, directory)
-    with progress_bar(progress) as bar:
+    def build(bar):
         if listing is None:
             counts = cfg["counts"]
             sizes = {"train": counts["num_train"], "val": counts["num_val"], "test": counts["num_test"]}
@@ -387,20 +382,10 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
                 "split": {"method": "numpy default_rng(split_seed).permutation; 80/10/10 floor",
                           "split_seed": cfg["split_seed"], **split_lists},
             }
-        manifest_extra = {
-            "task": name,
-            "source": source,
-            "tokenizer": {"name": "pixels", "version": 1, "description": "8-bit grayscale pixel values, row-major"},
-            "vocab": list(VOCAB),
-            "pad_id": None,
-            "grid_shape": [resolution, resolution],
-            "params": key,
-        }
-        try:
-            write_cache(directory, splits, manifest_extra)
-        except FileExistsError:
-            log.info("%s: another process completed %s first; using its copy", name, directory)
-    cache = read_cache(directory)
+        return splits, {"task": name, "source": source, "tokenizer": PIXEL_TOKENIZER, "vocab": list(PIXEL_VOCAB),
+                        "pad_id": None, "grid_shape": [resolution, resolution]}
+
+    cache = open_or_build(directory, key, build, progress, bytes_=False)
     if listing is not None:
         log.info("%s: %d images (%d zero-byte skipped)", name, len(listing), len(listing.empty))
     return cache

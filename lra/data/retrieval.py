@@ -6,7 +6,7 @@ header, five columns ``label  id1  id2  text1  text2`` (the official reader,
 parses ``label`` as a float that it casts to int).  Splits: train 147,086 / val (``eval``) 18,090 /
 test 17,437 pairs (Nystromformer ``lra_config.py``, Skyformer ``config.py``, S4 ``aan.yaml``).
 
-Encoding (as the official pipeline): each document's UTF-8 bytes + 1 (ids 1..256, 0 = padding,
+Encoding (as the official pipeline; ``lra/data/encodings.py``): each document's UTF-8 bytes + 1 (ids 1..256, 0 = padding,
 vocab 257), cut to its first ``content_length`` bytes (default ``max_length``, 4,000 in every
 protocol; the official code first cuts to 10,000 bytes and then to 4,000, which is the same).
 
@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from lra.data.encodings import BYTE_TOKENIZER, BYTE_VOCAB, encode_bytes
 from lra.data.lra_release import release_root
 from lra.data.token_cache import TokenCache, file_sha256, open_or_build, params_key
 
-__all__ = ["AANFormatError", "RELEASE_COUNTS", "RELEASE_FILES", "VOCAB", "encode_bytes", "encode_pair",
-           "load_retrieval", "read_aan_tsv"]
+__all__ = ["AANFormatError", "RELEASE_COUNTS", "RELEASE_FILES", "encode_pair", "load_retrieval", "read_aan_tsv"]
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +39,10 @@ RELEASE_FILES: dict[str, str] = {"train": "new_aan_pairs.train.tsv", "val": "new
                                  "test": "new_aan_pairs.test.tsv"}
 #: Pairs per split in the LRA release.
 RELEASE_COUNTS: dict[str, int] = {"train": 147_086, "val": 18_090, "test": 17_437}
-#: Byte-level vocabulary: id 0 = padding, id b + 1 = byte b (the TFDS ByteTextEncoder's ids).
-VOCAB: list[str] = ["<pad>", *(f"<0x{b:02X}>" for b in range(256))]
-ENCODING_VERSION = 1
 
 
 class AANFormatError(ValueError):
     """An AAN pairs TSV is malformed (the message names file and line)."""
-
-
-def encode_bytes(text: bytes, content_length: int | None = None) -> np.ndarray:
-    """UTF-8 bytes -> ids ``byte + 1`` (``uint16``), keeping the first ``content_length`` bytes."""
-    raw = np.frombuffer(text[:content_length] if content_length is not None else text, dtype=np.uint8)
-    return raw.astype(np.uint16) + 1
 
 
 def encode_pair(text1: bytes, text2: bytes, max_length: int, content_length: int | None = None) -> np.ndarray:
@@ -123,7 +114,7 @@ def load_retrieval(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, p
             raise FileNotFoundError(f"AAN file {path} (split {split}) not found in the release at {root}")
     task_root = Path(cache_root).expanduser() / "retrieval"
     memo = task_root / ".release-sha256.json"
-    params = {"source": "release", "encoding": "utf8_bytes_plus_1", "encoding_version": ENCODING_VERSION, **cfg,
+    params = {"source": "release", "encoding": BYTE_TOKENIZER["name"], "encoding_version": BYTE_TOKENIZER["version"], **cfg,
               "files": {s: {"name": p.name, "sha256": file_sha256(p, memo)} for s, p in files.items()}}
 
     def pairs(split: str, path: Path, labels: list[int], bar) -> Iterator[np.ndarray]:
@@ -149,7 +140,7 @@ def load_retrieval(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, p
                   "files": {s: {"path": str(p.resolve()), **params["files"][s]} for s, p in files.items()}}
         layout = (f"row = document 1 padded with 0 to {cfg['max_length']}, then document 2 "
                   f"(split at {cfg['max_length']})")
-        return splits, {"task": "retrieval", "source": source, "vocab": VOCAB, "layout": layout,
-                        "tokenizer": {"name": "utf8_bytes_plus_1", "version": ENCODING_VERSION}}
+        return splits, {"task": "retrieval", "source": source, "vocab": BYTE_VOCAB, "layout": layout,
+                        "tokenizer": dict(BYTE_TOKENIZER)}
 
     return open_or_build(task_root / params_key(f"release-L{cfg['max_length']}", params), params, build, progress)

@@ -17,7 +17,7 @@ Sources (``task.source``):
 ``tfds``
     A prepared ``array_record`` copy read with ``tfds.data_source``.
 
-Encoding (TFDS ``ByteTextEncoder``, LRA issue #61): UTF-8 bytes + 1, so ids 1..256 and 0 =
+Encoding (TFDS ``ByteTextEncoder``, LRA issue #61; ``lra/data/encodings.py``): UTF-8 bytes + 1, so ids 1..256 and 0 =
 padding, vocab 257.  The cache keeps whole reviews (or the first ``task.content_length`` bytes);
 batches truncate/pad them to ``task.max_length`` (1,000 in the official config, 4K in the paper).
 """
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from lra.data.archives import ArchiveError
-from lra.data.retrieval import VOCAB, encode_bytes
-from lra.data.tfds_sources import raw_archive, tfds_order, tfds_split
-from lra.data.token_cache import TokenCache, file_sha256, open_or_build, params_key
+from lra.data.encodings import BYTE_TOKENIZER, BYTE_VOCAB, encode_bytes
+from lra.data.tfds_sources import choose_source, tfds_order, tfds_split
+from lra.data.token_cache import TokenCache, open_or_build, params_key
 
 __all__ = ["IMDB_COUNTS", "IMDB_SIZE", "IMDB_URL", "load_text", "read_imdb_archive"]
 
@@ -48,7 +48,6 @@ IMDB_SIZE = 84_125_825  # bytes (TFDS imdb_reviews checksums.tsv)
 #: Reviews per TFDS split (train and test; each half negative, half positive).
 IMDB_COUNTS: dict[str, int] = {"train": 25_000, "test": 25_000}
 LABELS = ("neg", "pos")  # TFDS ClassLabel order: id = index
-ENCODING_VERSION = 1
 HOLDOUT_SPLIT = 0.9  # validation=train_holdout: train[:90%] trains, train[90%:] validates
 _MEMBER = re.compile(r"^aclImdb/(train|test)/(neg|pos)/\d+_\d+\.txt$")
 
@@ -116,29 +115,21 @@ def load_text(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progre
     """
     if task_cfg.get("name", "text") != "text":
         raise ValueError(f"load_text got a config for task {task_cfg.get('name')!r}")
-    source = task_cfg.get("source", "raw")
-    if source not in ("raw", "tfds"):
-        raise ValueError(f"task.source={source!r}: Text reads 'raw' (aclImdb_v1.tar.gz) or 'tfds'")
     validation = task_cfg.get("validation", "test")
     if validation not in ("test", "train_holdout"):
         raise ValueError(f"task.validation={validation!r}: 'test' (the official harness: IMDb has no validation "
                          "split) or 'train_holdout' (the last 10% of train in TFDS order, held out)")
     content = task_cfg.get("content_length")
     content = None if content is None else int(content)
-    params: dict[str, Any] = {"source": source, "encoding": "utf8_bytes_plus_1",
-                              "encoding_version": ENCODING_VERSION, "content_length": content,
-                              "validation": validation}
-    task_root = Path(cache_root).expanduser() / "text"
-    if source == "raw":
-        archive = raw_archive(task_cfg, cache_root, filename="aclImdb_v1.tar.gz", url=IMDB_URL, size=IMDB_SIZE,
-                              progress=progress)
-        params["archive"] = {"name": archive.name, "sha256": file_sha256(archive, task_root / ".raw-sha256.json")}
-    else:
-        data_dir = task_cfg.get("tfds_data_dir")
-        params["tfds"] = {"name": "imdb_reviews/plain_text", "data_dir": data_dir}
+    source = choose_source(task_cfg, cache_root, task="text", filename="aclImdb_v1.tar.gz", url=IMDB_URL,
+                           size=IMDB_SIZE, tfds_name="imdb_reviews/plain_text", progress=progress)
+    params: dict[str, Any] = {"source": source.kind, "encoding": BYTE_TOKENIZER["name"],
+                              "encoding_version": BYTE_TOKENIZER["version"], "content_length": content,
+                              "validation": validation, **source.params}
 
     def build(bar):
-        reviews = read_imdb_archive(archive, bar) if source == "raw" else _read_tfds(data_dir, bar)
+        reviews = (read_imdb_archive(source.archive, bar) if source.kind == "raw"
+                   else _read_tfds(source.tfds_data_dir, bar))
         splits = {split: ([encode_bytes(t, content) for t in texts], labels)
                   for split, (texts, labels) in reviews.items()}
         if validation == "test":  # IMDb has no validation split: the official harness validates on test
@@ -147,12 +138,11 @@ def load_text(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, progre
             sequences, labels = splits["train"]
             cut = round(HOLDOUT_SPLIT * len(labels))
             splits["train"], splits["val"] = (sequences[:cut], labels[:cut]), (sequences[cut:], labels[cut:])
-        described = ({"kind": "raw", "url": IMDB_URL, "path": str(archive.resolve()), **params["archive"]}
-                     if source == "raw" else {"kind": "tfds", **params["tfds"]})
         return ({s: splits[s] for s in ("train", "val", "test")},
-                {"task": "text", "source": described, "vocab": VOCAB, "validation": validation,
+                {"task": "text", "source": source.describe(), "vocab": BYTE_VOCAB, "validation": validation,
                  "note": ("val is a copy of the IMDb test split, as in the official LRA harness (quirk D5)"
                           if validation == "test" else "val is the last 10% of the IMDb train split (TFDS order)"),
-                 "tokenizer": {"name": "utf8_bytes_plus_1", "version": ENCODING_VERSION}})
+                 "tokenizer": dict(BYTE_TOKENIZER)})
 
-    return open_or_build(task_root / params_key(source, params), params, build, progress)
+    return open_or_build(Path(cache_root).expanduser() / "text" / params_key(source.kind, params), params, build,
+                         progress)

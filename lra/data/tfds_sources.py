@@ -17,6 +17,11 @@ Two sources give the same examples:
     and the running index for CIFAR-10).  So slices such as CIFAR-10's ``train[:90%]`` select the
     same images as in the official pipeline [derived from the TFDS 4.9.10 source; not checked
     against a TensorFlow-prepared copy].
+
+:func:`choose_source` is the one place where a TFDS task (Text, Image) turns ``task.source`` into
+one of the two: the archive (found, or downloaded) and its sha256 (memoised by size, mtime and
+inode in ``<data_dir>/<task>/.raw-sha256.json``), or the TFDS name and folder; both go into the
+cache's parameters, so another archive or TFDS copy gets a cache of its own.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lra.data.archives import download
+from lra.data.token_cache import file_sha256
 
-__all__ = ["raw_archive", "tfds_order", "tfds_split"]
+__all__ = ["TaskSource", "choose_source", "raw_archive", "tfds_order", "tfds_split"]
 
 
 def tfds_order(keys: Sequence[str | int], split: str) -> np.ndarray:
@@ -80,3 +87,41 @@ def tfds_split(name: str, split: str, data_dir: str | None):
             f"TFDS dataset {name!r} split {split!r} cannot be read from task.tfds_data_dir={where}: {error}. "
             f"Prepare it once where TensorFlow is installed with `tfds build {name} --file_format=array_record "
             f"--data_dir=<dir>` and set task.tfds_data_dir=<dir>, or use task.source=raw (no TensorFlow).") from error
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Where a TFDS task's examples come from: ``kind`` ``raw`` (``archive``) or ``tfds``
+    (``tfds_name`` in ``tfds_data_dir``); ``params`` is the part of the cache parameters that
+    names it."""
+
+    kind: str
+    url: str
+    tfds_name: str
+    archive: Path | None
+    tfds_data_dir: str | None
+    params: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's ``source`` entry."""
+        if self.kind == "raw":
+            return {"kind": "raw", "url": self.url, "path": str(self.archive.resolve()), **self.params["archive"]}
+        return {"kind": "tfds", **self.params["tfds"]}
+
+
+def choose_source(task_cfg: Mapping[str, Any], data_dir: str | os.PathLike, *, task: str, filename: str, url: str,
+                  size: int, tfds_name: str, progress: bool = True) -> TaskSource:
+    """``task.source`` (``raw``, the default, or ``tfds``) of task ``task`` resolved: the raw archive
+    (:func:`raw_archive`, hashed once per file version) or the TFDS dataset ``tfds_name`` in
+    ``task.tfds_data_dir``.  An unknown ``task.source`` is a ValueError naming the key."""
+    source = task_cfg.get("source", "raw")
+    if source not in ("raw", "tfds"):
+        raise ValueError(f"task.source={source!r}: {task.capitalize()} reads 'raw' ({filename}) or 'tfds'")
+    if source == "raw":
+        archive = raw_archive(task_cfg, data_dir, filename=filename, url=url, size=size, progress=progress)
+        memo = Path(data_dir).expanduser() / task / ".raw-sha256.json"
+        return TaskSource("raw", url, tfds_name, archive, None,
+                          {"archive": {"name": archive.name, "sha256": file_sha256(archive, memo)}})
+    data_dir_tfds = task_cfg.get("tfds_data_dir")
+    return TaskSource("tfds", url, tfds_name, None, data_dir_tfds,
+                      {"tfds": {"name": tfds_name, "data_dir": data_dir_tfds}})
