@@ -196,7 +196,7 @@ def test_invalid_knobs_name_the_key():
             make_attention("informer", spec, **knobs)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32])  # bfloat16: test_conformance.py BF16_CASES
 def test_finite_gradients_with_lazy_queries(dtype):
     q, k, v, mask = _inputs(seed=7, batch=3, length=20, dtype=np.float32)
     mask[2] = False  # an example with no real token

@@ -161,7 +161,7 @@ def test_attention_dropout_only_when_asked_and_only_in_training():
     assert not np.allclose(np.asarray(dropped(q, k, v, mask, deterministic=False)), evaluation, atol=1e-3)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32])  # bfloat16: test_conformance.py BF16_CASES
 def test_finite_gradients_to_inputs_and_projection(dtype):
     q, k, v, mask = _inputs(seed=7, batch=3, dtype=np.float32)
     mask[2] = False  # an example with no real token

@@ -213,7 +213,7 @@ def test_permuting_tokens_within_a_segment_permutes_the_output():
     assert np.abs(np.asarray(moved) - np.asarray(out[:, across])).max() > 1e-4
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32])  # bfloat16: test_conformance.py BF16_CASES
 def test_finite_gradients(dtype):
     """Nyström path (L > m), exact fallback (L <= m) and a fully padded example, conv on."""
     attention = make_attention("nystromformer", AttentionSpec(num_heads=2, head_dim=4, max_length=24),

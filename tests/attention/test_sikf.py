@@ -127,8 +127,8 @@ def test_no_real_token_gives_zero_output():
     np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_finite_gradients_fp32_and_bf16(dtype):
+@pytest.mark.parametrize("dtype", [jnp.float32])  # bfloat16: test_conformance.py BF16_CASES
+def test_finite_gradients_fp32(dtype):
     q, k, v, _ = random_inputs(8, n=12)
     mask = jnp.stack([jnp.arange(12) < 7, jnp.zeros(12, bool)])  # second example fully padded
     attention = make_attention("sikf", SPEC)

@@ -242,7 +242,7 @@ def test_shared_landmarks_across_batch_flag():
     np.testing.assert_array_equal(np.asarray(jnp.concatenate(longer, axis=1))[:4], per_example)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32])  # bfloat16: test_conformance.py BF16_CASES
 @pytest.mark.parametrize("name", ["skyformer", "kernelized"])
 def test_finite_gradients(name, dtype):
     q, k, v, mask = _inputs(seed=7, batch=3, dtype=np.float32)
