@@ -1,4 +1,5 @@
-"""Brute-force float64 NumPy references of each family's own math (loops over batch and head)."""
+"""Brute-force float64 NumPy references of each family's own math (loops over batch and head), and the
+padded inputs the family tests compare on."""
 
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def dense_pattern_reference(q, k, v, key_mask, allowed):
                 w = np.exp(scores - scores.max())
                 out[b, i, h] = (w / w.sum()) @ v[b, keys, h]
     return out
+
+
+def padded_qkv(seed=0, batch=2, length=10, heads=2, dim=4, dtype=np.float64):
+    """Random q, k, v of shape (batch, length, heads, dim) and a key mask with left padding and a hole
+    in example 0 and right padding in example 1 (batch >= 2)."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.normal(size=(batch, length, heads, dim)).astype(dtype) for _ in range(3))
+    mask = np.ones((batch, length), bool)
+    mask[0, :2] = False  # left padding ...
+    mask[0, 5] = False  # ... and a hole
+    mask[1, 7:] = False  # right padding
+    return q, k, v, mask

@@ -14,18 +14,9 @@ from flax import nnx
 from attention.base import AttentionSpec
 from attention.skyformer import (gather_rows, kernelized_attention, normalized_landmark_kernel, real_positions,
                                  sample_landmarks, scale_and_mask, skyformer_attention)
+from tests.attention.references import padded_qkv as _inputs
 from tests.attention.registry_fixtures import make_attention
 from tests.attention.scaling import growth_per_doubling
-
-
-def _inputs(seed=0, batch=2, length=10, heads=2, dim=4, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    q, k, v = (rng.normal(size=(batch, length, heads, dim)).astype(dtype) for _ in range(3))
-    mask = np.ones((batch, length), bool)
-    mask[0, :2] = False  # left padding ...
-    mask[0, 5] = False  # ... and a hole
-    mask[1, 7:] = False  # right padding
-    return q, k, v, mask
 
 
 # Compiled once per shape: eager dispatch of the many small ops is slow on a busy CPU.
