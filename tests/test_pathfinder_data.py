@@ -16,6 +16,7 @@ from lra.data import pathfinder_generator as G
 from lra.data.batches import eval_batches
 from lra.data.tasks import load_task
 from lra.data.token_cache import read_cache
+from tests.conftest import compose_config
 
 DIFFICULTY = "curv_contour_length_14"
 FIELDS_AFTER_LABEL = "1.0 14 4 2 0.5 1 1"  # continuity ... n_paddle_contrasts, as in snakes2.py
@@ -313,30 +314,21 @@ def test_tiny_training_run_on_generated_pathfinder(compose):
 # --------------------------------------------------------------------------- #
 
 
-def _compose_plain(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def test_official_presets_match_the_lra_pathfinder_configs():
-    pf = _compose_plain("protocol=lra_official", "task=pathfinder")
+    pf = compose_config("protocol=lra_official", "task=pathfinder")
     m, o, t = pf.model, pf.optimizer, pf.train
     assert (m.emb_dim, m.num_heads, m.qkv_dim, m.mlp_dim, m.num_layers) == (32, 4, 16, 32, 4)
     assert (m.pos_emb, m.pooling, m.dropout_rate, m.attention_dropout_rate) == ("sinusoidal", "mean", 0.2, 0.1)
     assert (o.schedule.factors, o.schedule.base_learning_rate, o.schedule.warmup_steps) == (
         "constant*linear_warmup*cosine_decay", 1e-3, 312)
     assert (t.steps, t.batch_size, o.weight_decay, o.grad_clip.kind) == (62400, 512, 0.0, "none")
-    px = _compose_plain("protocol=lra_official", "task=pathx")
+    px = compose_config("protocol=lra_official", "task=pathx")
     assert (px.model.num_layers, px.model.num_heads, px.model.pos_emb) == (1, 2, "learned")
     assert (px.train.steps, px.train.batch_size, px.optimizer.schedule.warmup_steps) == (500000, 64, 2500)
     assert (px.optimizer.grad_clip.kind, px.optimizer.grad_clip.max) == ("global_norm", 1.0)
     for cfg in (pf, px):
         assert cfg.task.pad_id is None and cfg.quirks.pixel_zero_is_padding is True
         assert cfg.task.max_length == cfg.task.grid_shape[0] * cfg.task.grid_shape[1]
-    lineage = _compose_plain("protocol=pytorch_lineage", "task=pathfinder")
+    lineage = compose_config("protocol=pytorch_lineage", "task=pathfinder")
     assert (lineage.train.steps, lineage.train.batch_size, lineage.optimizer.schedule.warmup_steps) == (62400, 256, 312)
     assert lineage.optimizer.schedule.max_learning_rate == 1e-4 and lineage.model.pos_emb == "learned"

@@ -15,13 +15,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import CONFIG_DIR, REPO, TINY_OVERRIDES
+from tests.conftest import REPO, TINY_OVERRIDES, compose_config
 
 
 def _train(devices, overrides: list[str]) -> tuple[dict, dict]:
     """Train the tiny run on a mesh over ``devices``; -> (metrics, flattened final parameters)."""
     from flax import nnx
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from lra.data.tasks import load_task
@@ -30,8 +29,7 @@ def _train(devices, overrides: list[str]) -> tuple[dict, dict]:
     from lra.training.optimizer import build_optimizer
     from lra.training.sharding import data_mesh
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY_OVERRIDES, *overrides])
+    cfg = compose_config(*TINY_OVERRIDES, *overrides)
     cache = load_task(cfg.task, cfg.paths.data_dir, progress=False)
     _, attention, _ = build_attention(cfg.attention)
     model = build_model(cfg, cache.vocab_size, attention)

@@ -16,6 +16,7 @@ from tests.attention.references import padded_qkv as _inputs
 from tests.attention.references import softmax_reference
 from tests.attention.registry_fixtures import make_attention
 from tests.attention.scaling import growth_per_doubling
+from tests.conftest import compose_config
 
 
 def _projection(seed, heads, length, k):
@@ -181,15 +182,6 @@ def test_memory_grows_linearly_forward_and_backward():
     assert all(r < 2.5 for r in ratios), f"fwd+bwd temp bytes per doubling 1K->2K->4K: {ratios}"
 
 
-def _compose(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("protocol,task,vocab,shape,dropout", [
     ("lra_official", "text", 257, (1, 1001, 32), 0.1),       # CLS: max_len + 1; Text config k 32
     ("lra_official", "listops", 20, (1, 2001, 16), 0.1),
@@ -199,10 +191,10 @@ def _compose(*overrides):
 def test_protocols_size_the_projection_per_task(protocol, task, vocab, shape, dropout):
     from lra.build import build_attention, build_model, task_attention_config
 
-    cfg = _compose(f"task={task}", f"protocol={protocol}", "attention=linformer")
+    cfg = compose_config(f"task={task}", f"protocol={protocol}", "attention=linformer")
     model = nnx.eval_shape(lambda: build_model(cfg, vocab, build_attention(task_attention_config(cfg))[1]))
     attention = model.blocks[0].self_attention.attention
     assert attention.e_proj.shape == shape and attention.dropout.rate == dropout
     assert (attention.init == "xavier_uniform") == (protocol == "lra_official")
     if task == "image":  # the task's own attention overrides survive the protocol's
-        assert task_attention_config(_compose("task=image", f"protocol={protocol}", "attention=mra2")).patch_order
+        assert task_attention_config(compose_config("task=image", f"protocol={protocol}", "attention=mra2")).patch_order
