@@ -382,7 +382,7 @@ def load_pathfinder(task_cfg: Mapping[str, Any], cache_root: str | os.PathLike, 
                 "split": {"method": "numpy default_rng(split_seed).permutation; 80/10/10 floor",
                           "split_seed": cfg["split_seed"], **split_lists},
             }
-        return splits, {"task": name, "source": source, "tokenizer": PIXEL_TOKENIZER, "vocab": list(PIXEL_VOCAB),
+        return splits, {"task": name, "source": source, "tokenizer": dict(PIXEL_TOKENIZER), "vocab": list(PIXEL_VOCAB),
                         "pad_id": None, "grid_shape": [resolution, resolution]}
 
     cache = open_or_build(directory, key, build, progress, bytes_=False)
