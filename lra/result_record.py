@@ -103,6 +103,8 @@ FIELDS: tuple[Field, ...] = tuple([
              ("steps", "train.steps"), ("batch_size", "train.batch_size (global)"),
              ("max_length", "task.max_length")),
     Field("dtype", str, "run", "model.dtype: compute dtype"),
+    Field("remat", str, "run", "model.remat: none | attention (the backward pass recomputes each layer's "
+                               "attention; changes memory and time, not the numbers)"),
     *_fields("code", str,
              ("attention_target", "the attention's _target_ (module.Class)"),
              ("attention_source_sha256", "hash of the attention's source files (lra.run_identity.source_sha256)"),

@@ -43,6 +43,7 @@ OPERATIONAL_KEYS = (
     "seed",                     # not a setting: records of one fingerprint are its seeds
     "run_dir", "progress", "paths", "logger", "checkpoint", "distributed", "hydra",
     "train.overhead_pairs", "train.prefetch", "train.log_every",   # timing windows and host pipeline
+    "model.remat",              # recompute the attention in the backward pass: memory and time, same numbers
     "task.attention_overrides",  # folded into the attention's own settings (effective_attention)
     "task.release_dir", "task.release_archive", "task.release_url", "task.raw_archive", "task.download",
     "task.tfds_data_dir", "task.generator.workers",                 # where the data comes from, not what it is
