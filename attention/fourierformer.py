@@ -25,13 +25,10 @@ a real key never sums to zero). A_ij equals the Nadaraya–Watson weights exactl
 - The sum over d runs in a ``lax.scan`` whose (checkpointed) body adds one dimension's (n, n) term to
   an (n, n) accumulator, so no (n, n, D) tensor is ever held, in the forward or the backward pass:
   memory is O(n^2) per head like XLA softmax, time O(n^2 D) elementwise transcendental operations.
-- sin(R_d (q_id - k_jd)) = sin a_id cos c_jd - cos a_id sin c_jd with a = R q, c = R k: sines and
-  cosines are taken per token and dimension, O((n + m) D); each (i, j, d) then costs products, one
-  division and one log (and the series where |x| < 0.1), not a sine of its own.
 - Inherent cost: unlike softmax, whose O(n^2 D) work is one matrix multiply, every (i, j, d) triple
-  needs a log and a division that no matmul can do, forward and backward. Measured against XLA
+  needs a sine, a division and a log that no matmul can do, forward and backward. Measured against XLA
   softmax (one layer, batch 1, 4 heads x 64, float32, 2-core CPU, side by side in one process; ratios
-  only, the machine was shared): FF_RATIOS (docs/benchmarks.md).
+  only, the machine was shared): forward 10x at n = 1024, forward+backward FF_FB_1K (docs/benchmarks.md).
 - log|sinc x| is evaluated with a safe branch: for |x| < 0.1 the Taylor series
   -x^2/6 - x^4/180 - x^6/2835 - x^8/37800 (exact to float64 rounding there, and free of the 0/0 and the
   cot x - 1/x cancellation of the direct form); otherwise 1/2 log(max(sinc(x)^2, sinc_floor^2)). The
@@ -72,45 +69,36 @@ MASKED_LOG_KERNEL = -1e30
 SERIES_THRESHOLD = 0.1
 
 
-def log_abs_sinc(x: jax.Array, sinc_floor: float, sin_x: jax.Array | None = None) -> jax.Array:
-    """log max(|sin x / x|, sinc_floor), with log sinc(0) = 0, finite value and gradient everywhere.
-
-    ``sin_x``: sin x when the caller has it already (``fourier_log_kernel`` forms it from per-token
-    terms); it is used only where |x| >= SERIES_THRESHOLD.
-    """
+def log_abs_sinc(x: jax.Array, sinc_floor: float) -> jax.Array:
+    """log max(|sin x / x|, sinc_floor), with log sinc(0) = 0, finite value and gradient everywhere."""
     small = jnp.abs(x) < SERIES_THRESHOLD
     x2 = x * x
     series = -x2 * (1.0 / 6.0 + x2 * (1.0 / 180.0 + x2 * (1.0 / 2835.0 + x2 * (1.0 / 37800.0))))
     x_safe = jnp.where(small, jnp.ones_like(x), x)  # the direct branch never sees x = 0
-    sin_safe = jnp.sin(x_safe) if sin_x is None else jnp.where(small, jnp.ones_like(x), sin_x)
-    direct = jnp.log(jnp.maximum(jnp.abs(sin_safe / x_safe), sinc_floor))
+    sinc = jnp.sin(x_safe) / x_safe
+    direct = 0.5 * jnp.log(jnp.maximum(sinc * sinc, sinc_floor ** 2))
     return jnp.where(small, series, direct)
 
 
 def fourier_log_kernel(q: jax.Array, k: jax.Array, R: jax.Array, *, sinc_floor: float = 1e-4) -> jax.Array:
     """L_ij = sum_d 4 log|sinc(R_d (q_id - k_jd))| for q (b, n, h, D), k (b, m, h, D) -> (b, h, n, m).
 
-    R broadcasts to (D,). With a_id = R_d q_id and c_jd = R_d k_jd, sin(a - c) = sin a cos c - cos a sin c:
-    the sines and cosines are taken once per token and dimension (O((n + m) D)), and each pair costs
-    products, one division and one log instead of a sine, a division and a log (XLA's CPU sine is
-    about 10x its log). Accumulated one dimension at a time, so memory is O(b h n m), not O(b h n m D).
+    R broadcasts to (D,). Accumulated one dimension at a time, so memory is O(b h n m), not O(b h n m D).
     """
     dtype = q.dtype
     head_dim = q.shape[-1]
     R = jnp.broadcast_to(jnp.asarray(R, dtype).reshape(-1), (head_dim,))
-    a_by_dim = jnp.transpose(q * R, (3, 0, 2, 1))  # (D, b, h, n): R_d q_id
-    c_by_dim = jnp.transpose(k * R, (3, 0, 2, 1))  # (D, b, h, m): R_d k_jd
-    per_token = (a_by_dim, c_by_dim, jnp.sin(a_by_dim), jnp.cos(a_by_dim), jnp.sin(c_by_dim), jnp.cos(c_by_dim))
+    q_by_dim = jnp.transpose(q, (3, 0, 2, 1))  # (D, b, h, n)
+    k_by_dim = jnp.transpose(k, (3, 0, 2, 1))  # (D, b, h, m)
 
     @jax.checkpoint  # the backward pass recomputes each (n, m) term instead of storing D of them
     def add_dimension(total, inputs):
-        a, c, sin_a, cos_a, sin_c, cos_c = inputs
-        x = a[..., :, None] - c[..., None, :]
-        sin_x = sin_a[..., :, None] * cos_c[..., None, :] - cos_a[..., :, None] * sin_c[..., None, :]
-        return total + 4.0 * log_abs_sinc(x, sinc_floor, sin_x), None
+        q_d, k_d, r_d = inputs
+        x = r_d * (q_d[..., :, None] - k_d[..., None, :])
+        return total + 4.0 * log_abs_sinc(x, sinc_floor), None
 
     start = jnp.zeros((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), dtype)
-    total, _ = jax.lax.scan(add_dimension, start, per_token)
+    total, _ = jax.lax.scan(add_dimension, start, (q_by_dim, k_by_dim, R))
     return total
 
 
