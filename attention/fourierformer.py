@@ -28,7 +28,7 @@ a real key never sums to zero). A_ij equals the Nadaraya–Watson weights exactl
 - Inherent cost: unlike softmax, whose O(n^2 D) work is one matrix multiply, every (i, j, d) triple
   needs a sine, a division and a log that no matmul can do, forward and backward. Measured against XLA
   softmax (one layer, batch 1, 4 heads x 64, float32, 2-core CPU, side by side in one process; ratios
-  only, the machine was shared): forward 10x at n = 1024, forward+backward FF_FB_1K (docs/benchmarks.md).
+  only, the machine was shared): forward about 10x and forward+backward tens to hundreds of times at n = 1024 (docs/benchmarks.md).
 - log|sinc x| is evaluated with a safe branch: for |x| < 0.1 the Taylor series
   -x^2/6 - x^4/180 - x^6/2835 - x^8/37800 (exact to float64 rounding there, and free of the 0/0 and the
   cot x - 1/x cancellation of the direct form); otherwise 1/2 log(max(sinc(x)^2, sinc_floor^2)). The
