@@ -12,14 +12,25 @@ O(n m) per head for the features; the n x n matrix is never formed. Padded keys 
 their features set to exactly zero (the official LRA Performer ignores the mask, quirk A6).
 
 Orthogonal random features (Sec. 2.4). W stacks ceil(m/d) independent d x d blocks with orthonormal
-rows, from ``jnp.linalg.qr`` of Gaussian blocks; the first m rows are kept. Each block's Q factor is
+rows, from the QR factorisation of Gaussian blocks; the first m rows are kept. Each block's Q factor is
 sign-corrected with sign(diag R) (Mezzadri 2007) so that it is Haar distributed: without it every
 block's i-th row has a negative i-th coordinate (the authors' Google JAX code and the lucidrains
 code used by the PyTorch LRA harnesses skip it; ``legacy_qr_signs: true`` reproduces that). Measured
 effect on the estimate of exp(x.x), mean over 4,000 blocks with m = d: at d = 8, |x| = 0.5, -8.9%
 along e_1 and -3.0% along a random direction; at d = 32, -2.6% / +3.7% (|x| = 0.5) and -3.7% /
 -7.6% (|x| = 1); the corrected draw stays within 1% in all six cases. The bias depends on the
-direction of x, so it is not a constant that cancels in the normalisation. Row norms: ``chi`` (the authors' scaling 0: norms of
+direction of x, so it is not a constant that cancels in the normalisation.
+
+The QR is ``householder_qr``: Householder reflections in plain ``jax.numpy`` with LAPACK's conventions
+(R_jj = -sign(alpha_j) ||x_j||, no reflection of the last column), so Q and R are those of
+``jnp.linalg.qr`` up to float rounding and every draw is the same for the same key (tested against
+LAPACK in float64). ``jnp.linalg.qr`` is not used: on CPU it is a LAPACK custom call that splits its
+batch of blocks over XLA's intra-op thread pool and blocks until that work is done; when as many QRs
+as the pool has threads run at once (one per layer in a training step that redraws), each waits for
+work that no free thread is left to run, and the step hangs forever at 0 % CPU (seen with jaxlib
+0.10 on 2 cores, Text-sized encoder, forward+backward at length 1024; ``--xla_cpu_multi_thread_eigen``
+does not change it). The Householder loop costs d small steps per draw (about 1 ms for 4 blocks of
+64 x 64 on CPU), a fraction of a percent of a training step. Row norms: ``chi`` (the authors' scaling 0: norms of
 independent N(0, I_d) vectors, so each row is marginally N(0, I_d) and the estimate is unbiased) or
 ``sqrt_d`` (scaling 1). ``orthogonal: false`` draws i.i.d. Gaussian rows instead.
 
@@ -98,6 +109,41 @@ class TrainingCalls(nnx.Variable):
     """How many training calls this module has seen (drives ``redraw: every_k_steps``)."""
 
 
+def householder_qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Q and diag(R) of A = QR for a batch of square matrices A (..., d, d), without LAPACK.
+
+    Householder reflections H_j = I - tau_j v_j v_jᵀ (v_j[j] = 1, zero above j) applied in a
+    ``fori_loop`` over the d columns, with LAPACK's geqr2 conventions: R_jj = beta_j =
+    -sign(alpha_j) sqrt(alpha_j² + ||x_j||²) for the column's diagonal entry alpha_j and the entries x_j
+    below it, tau_j = (beta_j - alpha_j) / beta_j, and no reflection (tau_j = 0, R_jj = alpha_j) when
+    x_j = 0 (always for the last column). Q = H_0 H_1 ... H_{d-1} is accumulated alongside, as org2r
+    forms it. Products run at ``Precision.HIGHEST`` (no TF32 on GPUs).
+    """
+    d = a.shape[-1]
+    rows = jnp.arange(d)
+    highest = jax.lax.Precision.HIGHEST
+
+    def reflect(j, carry):
+        r, q, diagonal = carry
+        column = jax.lax.dynamic_index_in_dim(r, j, axis=-1, keepdims=False)  # (..., d)
+        alpha = jax.lax.dynamic_index_in_dim(column, j, axis=-1, keepdims=False)
+        below = jnp.where(rows > j, column, 0.0)
+        below_norm = jnp.sqrt(jnp.sum(below * below, axis=-1))
+        reflects = below_norm > 0
+        beta = jnp.where(reflects, jnp.where(alpha >= 0, -1.0, 1.0) * jnp.hypot(alpha, below_norm), alpha)
+        tau = jnp.where(reflects, (beta - alpha) / jnp.where(reflects, beta, 1.0), 0.0)
+        v = below / jnp.where(reflects, alpha - beta, 1.0)[..., None] + (rows == j)
+        v_r = jnp.einsum("...i,...ij->...j", v, r, precision=highest)  # H r = r - tau v (vᵀ r)
+        q_v = jnp.einsum("...ij,...j->...i", q, v, precision=highest)  # q H = q - tau (q v) vᵀ
+        r = r - (tau[..., None] * v)[..., :, None] * v_r[..., None, :]
+        q = q - (tau[..., None] * q_v)[..., :, None] * v[..., None, :]
+        return r, q, diagonal + jnp.where(rows == j, beta[..., None], 0.0)
+
+    identity = jnp.broadcast_to(jnp.eye(d, dtype=a.dtype), a.shape)
+    _, q, diagonal = jax.lax.fori_loop(0, d, reflect, (a, identity, jnp.zeros(a.shape[:-1], a.dtype)))
+    return q, diagonal
+
+
 @functools.partial(jax.jit, static_argnames=("num_features", "dim", "orthogonal", "row_norms", "legacy_qr_signs"))
 def draw_random_features(key: jax.Array, num_features: int, dim: int, *, orthogonal: bool = True,
                          row_norms: str = "chi", legacy_qr_signs: bool = False) -> jax.Array:
@@ -107,9 +153,9 @@ def draw_random_features(key: jax.Array, num_features: int, dim: int, *, orthogo
         return jax.random.normal(block_key, (num_features, dim), jnp.float32)
     num_blocks = -(-num_features // dim)
     gaussian = jax.random.normal(block_key, (num_blocks, dim, dim), jnp.float32)
-    q, r = jnp.linalg.qr(gaussian)
+    q, r_diagonal = householder_qr(gaussian)  # not jnp.linalg.qr: see the module docstring
     if not legacy_qr_signs:  # Haar-distributed Q: flip each column by the sign of R's diagonal
-        q = q * jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)[:, None, :]
+        q = q * jnp.where(r_diagonal < 0, -1.0, 1.0)[:, None, :]
     directions = jnp.swapaxes(q, -1, -2).reshape(num_blocks * dim, dim)[:num_features]  # rows = Q's columns
     if row_norms == "chi":
         norms = jnp.linalg.norm(jax.random.normal(norm_key, (num_features, dim), jnp.float32), axis=-1)

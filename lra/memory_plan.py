@@ -74,9 +74,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limits", default="40,80", help="device memory sizes in GiB, comma-separated")
     parser.add_argument("--vocab-size", type=int, default=256)
-    parser.add_argument("--remat", action="store_true", help="the same with model.remat=true")
+    parser.add_argument("--remat", action="store_true", help="the same with model.remat=block")
     args, overrides = parser.parse_known_args(argv)
-    overrides = [*overrides, "logger=csv", *(["model.remat=true"] if args.remat else [])]
+    overrides = [*overrides, "logger=csv", *(["model.remat=block"] if args.remat else [])]
     result = plan(overrides, [float(x) for x in args.limits.split(",")], args.vocab_size)
     print(result["config"])
     for micro, steps, needed in result["rows"]:

@@ -12,6 +12,15 @@ per-head term to the attention output before the output projection, whatever the
 PyTorch (Nystromformer/Skyformer) lineage is a keyword argument set by the protocol config:
 bias on the projections, embedding init, sinusoidal or learned positions, CLS or mean pooling.
 
+``remat="attention"`` rematerialises the attention call of every layer (``nnx.remat``, i.e.
+``jax.checkpoint``, around the pluggable module only): its intermediates (for softmax the
+(heads, n, n) logits and weights) are not kept for the backward pass but recomputed there from q, k,
+v, as the PyTorch harnesses' checkpointed attention does. The outputs and gradients are those of
+``remat="none"`` (random draws included); it trades the attention's activation memory for one more
+attention forward per step. ``remat="block"`` does the same for each whole encoder block (about one
+more forward pass). Neither changes a number, so ``model.remat`` is an operational key of the run
+identity.
+
 Pooling ``mean`` averages real tokens only. Older harnesses divide the sum by the full padded length
 (quirk M3 in the reference, ``mean_pool_includes_padding``); that is available as a named option.
 """
@@ -28,6 +37,7 @@ from flax import nnx
 from attention.base import AttentionFactory, AttentionSpec, PositionalBiasFactory, check_output
 
 xavier_uniform = nnx.initializers.xavier_uniform()
+REMAT_CHOICES = ("none", "attention", "block")  # model.remat: what the backward pass recomputes instead of storing
 
 
 def sinusoidal_table(length: int, dim: int) -> np.ndarray:
@@ -44,7 +54,8 @@ class MultiHeadSelfAttention(nnx.Module):
     """Q/K/V projections -> per-head attention (the pluggable part) -> output projection."""
 
     def __init__(self, emb_dim: int, qkv_dim: int, spec: AttentionSpec, attention: AttentionFactory,
-                 *, use_bias: bool, positional_bias: PositionalBiasFactory | None = None, rngs: nnx.Rngs):
+                 *, use_bias: bool, positional_bias: PositionalBiasFactory | None = None, remat: bool = False,
+                 rngs: nnx.Rngs):
         def projection(d_in, d_out):
             return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=spec.dtype,
                               kernel_init=xavier_uniform, rngs=rngs)
@@ -54,12 +65,17 @@ class MultiHeadSelfAttention(nnx.Module):
         self.attention = attention(spec, rngs=rngs)
         self.positional_bias = positional_bias(spec, rngs=rngs) if positional_bias is not None else None
         self.out = projection(qkv_dim, emb_dim)
+        self.remat = bool(remat)
 
     def __call__(self, x, key_mask, *, deterministic: bool):
         batch, length, _ = x.shape
         heads = lambda t: t.reshape(batch, length, self.num_heads, self.head_dim)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        y = self.attention(q, k, v, key_mask, deterministic=deterministic)
+        if self.remat:  # model.remat=attention: the backward pass recomputes the attention's intermediates
+            call = lambda attention, q, k, v, mask: attention(q, k, v, mask, deterministic=deterministic)
+            y = nnx.remat(call)(self.attention, q, k, v, key_mask)
+        else:
+            y = self.attention(q, k, v, key_mask, deterministic=deterministic)
         check_output(y, q, type(self.attention).__name__, dtype=False)  # at trace time: costs nothing per step
         if self.positional_bias is not None:  # e.g. FastRPB: + W_h V_h per head, before W_o
             y = y + self.positional_bias(v, key_mask).astype(y.dtype)
@@ -70,10 +86,10 @@ class EncoderBlock(nnx.Module):
     """One pre-LN Transformer block."""
 
     def __init__(self, emb_dim, qkv_dim, mlp_dim, dropout_rate, spec, attention, *, qkv_bias,
-                 positional_bias=None, rngs):
+                 positional_bias=None, remat=False, rngs):
         self.attention_norm = nnx.LayerNorm(emb_dim, dtype=spec.dtype, rngs=rngs)
         self.self_attention = MultiHeadSelfAttention(emb_dim, qkv_dim, spec, attention, use_bias=qkv_bias,
-                                                     positional_bias=positional_bias, rngs=rngs)
+                                                     positional_bias=positional_bias, remat=remat, rngs=rngs)
         self.mlp_norm = nnx.LayerNorm(emb_dim, dtype=spec.dtype, rngs=rngs)
         self.mlp_in = nnx.Linear(emb_dim, mlp_dim, dtype=spec.dtype, kernel_init=xavier_uniform, rngs=rngs)
         self.mlp_out = nnx.Linear(mlp_dim, emb_dim, dtype=spec.dtype, kernel_init=xavier_uniform, rngs=rngs)
@@ -95,9 +111,8 @@ class Encoder(nnx.Module):
     (the official retrieval encoder, quirk M1); ``cls_mask_copies_first_token`` gives the CLS token
     the first token's mask, as the official encoder does (it matters only where token 0 can be
     masked: pixel tasks under quirk D1). ``num_classes=None`` builds a tower without a head.
-    ``remat=True`` rematerialises each block (``nnx.remat``): its activations are recomputed in the
-    backward pass instead of kept, trading about one more forward pass for memory; outputs and
-    gradients are the same (``model.remat``, docs/scaling.md).
+    ``remat``: ``none`` | ``attention`` | ``block`` (module docstring): what the backward pass
+    recomputes instead of storing; outputs and gradients are the same (``model.remat``, docs/scaling.md).
     """
 
     def __init__(self, *, vocab_size: int, num_classes: int | None, max_length: int,
@@ -108,11 +123,13 @@ class Encoder(nnx.Module):
                  dtype: str = "float32", pad_id: int | None = 0,
                  mean_pool_includes_padding: bool = False, grid_shape: tuple[int, int] | None = None,
                  positional_bias: PositionalBiasFactory | None = None, prepend_cls: bool = True,
-                 cls_mask_copies_first_token: bool = False, remat: bool = False, rngs: nnx.Rngs):
+                 cls_mask_copies_first_token: bool = False, remat: str = "none", rngs: nnx.Rngs):
         if pos_emb not in ("sinusoidal", "learned"):
             raise ValueError(f"model.pos_emb must be 'sinusoidal' or 'learned', got {pos_emb!r}")
         if pooling not in ("cls", "mean"):
             raise ValueError(f"model.pooling must be 'cls' or 'mean', got {pooling!r}")
+        if remat not in REMAT_CHOICES:
+            raise ValueError(f"model.remat must be one of {REMAT_CHOICES}, got {remat!r}")
         if qkv_dim % num_heads:
             raise ValueError(f"model.qkv_dim={qkv_dim} is not divisible by model.num_heads={num_heads}")
         compute_dtype = jnp.dtype(dtype)
@@ -120,7 +137,7 @@ class Encoder(nnx.Module):
         self.mean_pool_includes_padding = mean_pool_includes_padding
         self.use_cls = pooling == "cls" and prepend_cls  # else "cls" pooling reads token 0 (quirk M1)
         self.cls_mask_copies_first_token = cls_mask_copies_first_token
-        self.remat = bool(remat)
+        self.remat_blocks = remat == "block"
         total_length = max_length + int(self.use_cls)
 
         self.token_embed = nnx.Embed(vocab_size, emb_dim, dtype=compute_dtype, rngs=rngs,
@@ -138,7 +155,7 @@ class Encoder(nnx.Module):
                              has_cls=self.use_cls, grid_shape=tuple(grid_shape) if grid_shape else None)
         self.blocks = nnx.List([
             EncoderBlock(emb_dim, qkv_dim, mlp_dim, dropout_rate, spec, attention, qkv_bias=qkv_bias,
-                         positional_bias=positional_bias, rngs=rngs)
+                         positional_bias=positional_bias, remat=remat == "attention", rngs=rngs)
             for _ in range(num_layers)
         ])
         self.final_norm = nnx.LayerNorm(emb_dim, dtype=compute_dtype, rngs=rngs)
@@ -167,7 +184,7 @@ class Encoder(nnx.Module):
         x = x + self.positions[...][: x.shape[1]].astype(x.dtype)
         x = self.embed_dropout(x, deterministic=deterministic)
         for block in self.blocks:
-            if self.remat:
+            if self.remat_blocks:  # model.remat=block: each block's activations are recomputed
                 x = nnx.remat(lambda block, x, mask: block(x, mask, deterministic=deterministic))(block, x, mask)
             else:
                 x = block(x, mask, deterministic=deterministic)

@@ -111,6 +111,8 @@ FIELDS: tuple[Field, ...] = tuple([
     Field("micro_batch_auto", bool, "run", "the micro-batch was chosen from XLA's compiled memory "
                                            "(train.micro_batch=auto)"),
     Field("dtype", str, "run", "model.dtype: compute dtype"),
+    Field("remat", str, "run", "model.remat: none | attention | block (what the backward pass recomputes: "
+                               "each layer's attention or each block; changes memory and time, not the numbers)"),
     *_fields("code", str,
              ("attention_target", "the attention's _target_ (module.Class)"),
              ("attention_source_sha256", "hash of the attention's source files (lra.run_identity.source_sha256)"),

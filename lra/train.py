@@ -161,6 +161,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
                   positional_bias_source_sha256=identity.code.get("positional_bias"),
                   steps=int(cfg.train.steps), batch_size=int(cfg.train.batch_size),
                   max_length=int(cfg.task.max_length), dtype=str(cfg.model.dtype),
+                  remat=str(cfg.model.get("remat", "none")),
                   quirks=OmegaConf.to_container(cfg.quirks, resolve=True),
                   model_config=OmegaConf.to_container(cfg.model, resolve=True),
                   optimizer_config=OmegaConf.to_container(cfg.optimizer, resolve=True))

@@ -162,7 +162,7 @@ def test_auto_picks_the_largest_micro_batch_that_fits_and_reports_it(caplog):
 
 
 def test_auto_refuses_when_one_row_does_not_fit_and_names_the_keys():
-    with pytest.raises(MemoryError, match="(?s)even a micro-batch of 1 row.*1 rows: 20.00 GiB.*model.remat=true"):
+    with pytest.raises(MemoryError, match="(?s)even a micro-batch of 1 row.*1 rows: 20.00 GiB.*model.remat=block"):
         choose_accumulation(_fake_compile(20.0, []), 32, 1, "auto", memory_limit_gb=16)
     with pytest.raises(ValueError, match="set train.memory_limit_gb"):
         choose_accumulation(_fake_compile(1.0, []), 32, 1, "auto", device_memory=lambda: None)
@@ -204,8 +204,8 @@ def test_remat_gives_the_same_outputs_and_gradients(compose):
     def optax_loss(logits, labels):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-    plain_loss, plain = loss_and_grads("false")
-    remat_loss, remat = loss_and_grads("true")
+    plain_loss, plain = loss_and_grads("none")
+    remat_loss, remat = loss_and_grads("block")
     assert plain_loss == pytest.approx(remat_loss, rel=1e-6)
     assert plain.keys() == remat.keys()
     for path, value in plain.items():
@@ -213,7 +213,7 @@ def test_remat_gives_the_same_outputs_and_gradients(compose):
 
 
 def test_remat_reaches_both_towers_of_a_dual_encoder(compose):
-    model, _ = _parts(compose, "task=retrieval", "model.remat=true")
+    model, _ = _parts(compose, "task=retrieval", "model.remat=block")
     assert model.tower.remat and not _parts(compose, "task=retrieval")[0].tower.remat
 
 

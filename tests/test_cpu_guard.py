@@ -52,7 +52,7 @@ def _fingerprint(cfg) -> str:
 def test_operational_keys_keep_the_fingerprint_and_are_recorded(compose):
     plain = compose()
     operational = compose("train.micro_batch=4", "allow_cpu=true", "train.memory_margin=0.2",
-                          "train.memory_limit_gb=40", "model.remat=true", "protocol.cpu_sized=false")
+                          "train.memory_limit_gb=40", "model.remat=block", "protocol.cpu_sized=false")
     assert _fingerprint(plain) == _fingerprint(operational)
     assert _fingerprint(plain) != _fingerprint(compose("train.batch_size=4"))  # a real setting does change it
     record = run(compose("train.micro_batch=4", "protocol.cpu_sized=false", "allow_cpu=true"))

@@ -1,4 +1,5 @@
-"""The common encoder: shapes, padding invariance, parameter counts, positional tables, dtypes."""
+"""The common encoder: shapes, padding invariance, parameter counts, positional tables, dtypes, and the
+attention's rematerialisation (model.remat)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,8 @@ def test_invalid_choices_name_their_config_key():
         tiny_encoder(pos_emb="rotary")
     with pytest.raises(ValueError, match="model.qkv_dim"):
         tiny_encoder(qkv_dim=15)
+    with pytest.raises(ValueError, match="model.remat"):
+        tiny_encoder(remat="everything")
 
 
 def test_dropout_makes_training_stochastic_and_evaluation_deterministic():
@@ -134,3 +137,77 @@ def test_positional_bias_hook_is_added_per_layer_and_keeps_padding_invariance():
     assert np.abs(a - b).max() > 1e-4  # the add-on changes the model
     c = np.asarray(biased(padded_tokens(real, 40), deterministic=True))
     np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-5)
+
+
+# --- model.remat: recompute the attention in the backward pass --------------------------------------
+
+def _train_step(model, tokens, labels):
+    """Loss and gradients of one training-mode pass (dropout and random redraws on), jitted like the
+    train step; returns them with the model state after the call (RNG counters advanced)."""
+    graph, state = nnx.split(model)
+
+    @jax.jit
+    def step(state):
+        model = nnx.merge(graph, state)
+        loss = lambda model: optax_free_cross_entropy(model(tokens, deterministic=False), labels)
+        value, grads = nnx.value_and_grad(loss)(model)
+        return value, grads, nnx.state(model)
+
+    return step(state)
+
+
+def optax_free_cross_entropy(logits, labels):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+
+@pytest.mark.parametrize("attention", ["softmax", "performer"])
+def test_remat_attention_changes_no_number(attention):
+    """Same loss, gradients and RNG state with the attention rematerialised: softmax with attention
+    dropout 0.3, Performer redrawing its features at every call (both draw inside the recomputed call)."""
+    from lra.build import build_attention
+    from lra.registry import load_attention_config
+
+    _, factory, _ = build_attention(load_attention_config(attention))
+    tokens = padded_tokens(np.random.default_rng(5).integers(1, 17, (2, 30)), 40)
+    labels = jnp.array([1, 7])
+    runs = []
+    for remat in ("none", "attention"):
+        model = tiny_encoder(factory, attention_dropout_rate=0.3, remat=remat,
+                             rngs=nnx.Rngs(params=0, dropout=1, attention=2))
+        runs.append(_train_step(model, tokens, labels))
+    (loss, grads, state), (loss_r, grads_r, state_r) = runs
+    np.testing.assert_allclose(float(loss_r), float(loss), rtol=1e-6)
+    for g, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
+        np.testing.assert_allclose(np.asarray(g_r), np.asarray(g), rtol=1e-5, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_r)):  # counters advanced alike
+        a, b = (jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in (a, b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_remat_attention_keeps_no_attention_weights_for_the_backward_pass():
+    """What the backward pass keeps from the forward (jax.ad_checkpoint.print_saved_residuals): the softmax
+    layers' (batch, heads, n, n) logits, weights and dropout masks without remat, none of them with
+    ``remat=attention`` (they are recomputed)."""
+    import contextlib
+    import io
+    import re
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    n = 41  # 40 tokens + CLS
+    tokens = padded_tokens(np.random.default_rng(6).integers(1, 17, (2, 30)), 40)
+    labels = jnp.array([1, 7])
+    square = {}
+    for remat in ("none", "attention"):
+        model = tiny_encoder(remat=remat, attention_dropout_rate=0.1)
+        graph, state = nnx.split(model)
+
+        def loss(state):
+            return optax_free_cross_entropy(nnx.merge(graph, state)(tokens, deterministic=False), labels)
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            print_saved_residuals(loss, state)
+        square[remat] = re.findall(rf"^\w+\[[\d,]*{n},{n}\].*$", printed.getvalue(), flags=re.M)
+    assert len(square["none"]) >= 2 * 2, square["none"]  # at least weights and dropout mask, 2 layers
+    assert square["attention"] == [], square["attention"]

@@ -20,6 +20,15 @@ def test_settings_leave_out_where_and_how_a_run_logs_and_the_seed():
     assert a == b == {"train.steps": 5, "task.max_length": 9, "task.generator.seed": 3}
 
 
+def test_remat_is_operational_it_changes_memory_not_numbers():
+    """model.remat recomputes the attention in the backward pass (same outputs and gradients, tested in
+    tests/test_model.py): runs with and without it share a fingerprint and their checkpoints."""
+    base = {"model": {"emb_dim": 16, "remat": "none"}, "train": {"steps": 5}}
+    remat = {"model": {"emb_dim": 16, "remat": "attention"}, "train": {"steps": 5}}
+    assert settings(base) == settings(remat) == {"model.emb_dim": 16, "train.steps": 5}
+    assert run_identity(base).fingerprint == run_identity(remat).fingerprint
+
+
 def test_the_attention_runs_with_the_tasks_overrides_folded_in():
     resolved = {"attention": {"name": "mra2", "patch_order": False},
                 "task": {"attention_overrides": {"mra2": {"patch_order": True}}}}

@@ -22,8 +22,8 @@ it runs ``--warmup`` times (not timed), then ``--repeats`` times, each call time
 the device (XLA ``RESOURCE_EXHAUSTED``, at compile or run time) is recorded as ``oom`` too; longer
 lengths of that family/mode/pass are then skipped. Any other failure is recorded as ``error`` with its
 message and the sweep goes on. By default (``--isolate on``) every point runs in its own process:
-a hard crash, or a hang past ``--point-timeout``, loses that point only (one was seen: Performer's
-encoder forward+backward at the Text size never returned on the 2-core CPU, its threads all waiting),
+a hard crash, or a hang past ``--point-timeout``, loses that point only (Performer's encoder
+forward+backward once hung on a 2-core CPU inside LAPACK's QR; its features no longer use it),
 and the device's peak-memory statistic (which JAX cannot reset) belongs to that point alone;
 ``--isolate off`` runs everything in this process and leaves ``device_peak_bytes`` empty.
 

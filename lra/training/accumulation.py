@@ -122,6 +122,6 @@ def choose_accumulation(compile_train: Callable[[int], object], batch_size: int,
     raise MemoryError(
         f"train.micro_batch=auto: even a micro-batch of {size} row(s) does not fit in {budget / GIB:.2f} GiB "
         f"({source} less train.memory_margin={memory_margin:g}); XLA's compiled memory per micro-batch: "
-        f"{'; '.join(tried)}. Options: model.remat=true (recompute activations), model.dtype=bfloat16, "
+        f"{'; '.join(tried)}. Options: model.remat=block or attention (recompute activations), model.dtype=bfloat16, "
         f"more devices (the batch is split over them), a larger train.memory_limit_gb if the device has it, "
         f"or a smaller task.max_length / model size (which changes the experiment)")

@@ -1,7 +1,14 @@
 """Performer FAVOR+: float64 brute force of its own math, convergence to softmax, orthogonal features,
-redraw policies, quirk flags, stability and O(n) memory."""
+redraw policies, quirk flags, stability and O(n) memory; the QR without LAPACK (no hang on CPU)."""
 
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +17,7 @@ import pytest
 from flax import nnx
 
 from attention.base import AttentionSpec
-from attention.performer import PerformerAttention, draw_random_features, favor_attention
+from attention.performer import PerformerAttention, draw_random_features, favor_attention, householder_qr
 from tests.attention.references import softmax_reference
 from tests.attention.registry_fixtures import make_attention
 from tests.attention.scaling import growth_per_doubling
@@ -182,6 +189,99 @@ def test_orthogonal_features_have_lower_kernel_mse_than_iid():
     exact = np.exp(x @ y)
     mse = {o: np.mean((_kernel_estimates(x, y, orthogonal=o) - exact) ** 2) for o in (True, False)}
     assert mse[True] < 0.95 * mse[False], mse  # ~ 0.84 measured
+
+
+# --- the QR: Householder in jax.numpy, the draws of LAPACK's QR -------------------------------------
+
+def _lapack_draw(key, num_features, dim, *, legacy_qr_signs=False):
+    """The former form of ``draw_random_features`` (chi norms), through LAPACK's ``jnp.linalg.qr``."""
+    block_key, norm_key = jax.random.split(key)
+    blocks = -(-num_features // dim)
+    q, r = jnp.linalg.qr(jax.random.normal(block_key, (blocks, dim, dim), jnp.float32))
+    if not legacy_qr_signs:
+        q = q * jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)[:, None, :]
+    directions = jnp.swapaxes(q, -1, -2).reshape(blocks * dim, dim)[:num_features]
+    norms = jnp.linalg.norm(jax.random.normal(norm_key, (num_features, dim), jnp.float32), axis=-1)
+    return np.asarray(directions * norms[:, None])
+
+
+@pytest.mark.parametrize("d", [1, 8, 64])
+def test_householder_qr_is_lapacks_qr(d):
+    """Q and diag(R), signs included, equal LAPACK's (numpy, float64): in float64 to round-off, in
+    float32 to float32 precision. The last column is never reflected, as in LAPACK."""
+    a = np.random.default_rng(d).normal(size=(3, d, d))
+    q_lapack, r_lapack = np.linalg.qr(a)
+    with jax.enable_x64(True):
+        q, diagonal = householder_qr(jnp.asarray(a))
+        np.testing.assert_allclose(np.asarray(q), q_lapack, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(diagonal), np.diagonal(r_lapack, axis1=-2, axis2=-1), rtol=1e-12)
+    q32, diagonal32 = householder_qr(jnp.asarray(a, jnp.float32))
+    np.testing.assert_allclose(np.asarray(q32), q_lapack, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(diagonal32), np.diagonal(r_lapack, axis1=-2, axis2=-1), rtol=1e-4)
+    assert (np.sign(np.asarray(diagonal32)) == np.sign(np.diagonal(r_lapack, axis1=-2, axis2=-1))).all()
+
+
+@pytest.mark.parametrize("legacy_qr_signs", [False, True])
+def test_draws_are_those_of_the_lapack_qr_for_the_same_key(legacy_qr_signs):
+    """The same key gives the same W as the former jnp.linalg.qr form (to float32 round-off), so the
+    features' distribution is unchanged, with and without the sign correction."""
+    for seed, (m, d) in enumerate([(20, 8), (256, 16), (128, 64)]):
+        key = jax.random.key(seed)
+        w = np.asarray(draw_random_features(key, m, d, legacy_qr_signs=legacy_qr_signs))
+        np.testing.assert_allclose(w, _lapack_draw(key, m, d, legacy_qr_signs=legacy_qr_signs), atol=5e-5)
+
+
+def _custom_calls(compiled) -> set[str]:
+    """The custom-call targets of a compiled computation (e.g. ``lapack_sgeqrf_ffi``)."""
+    return set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text()))
+
+
+@pytest.mark.parametrize("redraw", ["every_call", "every_k_steps"])
+def test_training_step_holds_no_lapack_call(redraw):
+    """A training call that redraws compiles to plain XLA: no LAPACK custom call, the kind that hung."""
+    attention = _performer(redraw=redraw, redraw_interval=2, num_features=32)
+    graph, state = nnx.split(attention)
+    q, k, v = (jnp.asarray(t, jnp.float32) for t in _inputs(9, batch=1, length=6))
+    mask = jnp.ones((1, 6), bool)
+
+    def step(state, q):
+        return nnx.grad(lambda module, q: module(q, k, v, mask, deterministic=False).sum(), argnums=1)(
+            nnx.merge(graph, state), q)
+
+    assert _custom_calls(jax.jit(step).lower(state, q).compile()) == set()
+    assert any("lapack" in c for c in _custom_calls(jax.jit(jnp.linalg.qr).lower(jnp.ones((2, 4, 4))).compile()))
+
+
+HANG_CHECK = textwrap.dedent("""
+    import sys, time
+    import jax
+    from lra.bench.efficiency import Point, Settings, encoder_case
+    from lra.training.steps import compile_step
+    length, batch, calls, setting = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    point = Point("performer", "encoder", "forward_backward", batch, length, "float32")
+    function, arguments = encoder_case(point, Settings(encoder_setting=setting))
+    compiled = compile_step(function, *arguments)
+    print("custom calls:", compiled.as_text().count("custom_call_target="), flush=True)
+    for call in range(calls):
+        jax.block_until_ready(compiled(*arguments))
+        print("call", call, "done", flush=True)
+""")
+@pytest.mark.slow
+def test_text_encoder_forward_backward_at_length_1024_finishes(tmp_path):
+    """Where the LAPACK form hung on 2 CPU cores (about one run in three of 3-12 calls): the efficiency
+    benchmark's Text encoder (4 layers redrawing at once, 4 heads x 64, 256 features) at length 1024,
+    batch 4, twelve forward+backward passes, in a subprocess so that a hang fails the test instead of
+    blocking it. The compiled step holds no custom call at all."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu"}
+    setting = repo / "configs" / "bench" / "text_encoder.yaml"
+    try:
+        done = subprocess.run([sys.executable, "-c", HANG_CHECK, "1024", "4", "12", str(setting)], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=1200)
+    except subprocess.TimeoutExpired as timeout:
+        pytest.fail(f"Performer forward+backward did not finish in 1200 s: {timeout.stdout!r}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "custom calls: 0" in done.stdout and "call 11 done" in done.stdout, done.stdout
 
 
 # --- redraw policies -------------------------------------------------------------------------------
