@@ -25,20 +25,19 @@ from pathlib import Path
 
 import hydra
 import jax
-from flax import nnx
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lra.atomic_files import atomic_write_text
-from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
-from lra.checkpointing import (EXIT_PREEMPTED, CheckpointBusy, Preempted, RunCheckpoints, StopRequest,
-                               read_run_info)
+from lra.build import build_attention, build_model_and_optimizer, build_positional_bias, task_attention_config
+from lra.checkpointing import CheckpointBusy, RunCheckpoints, read_run_info
 from lra.config_checks import ConfigError, check_config
 from lra.cpu_guard import CpuRunRefused, cpu_guard
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import count_parameters
+from lra.preemption import EXIT_PREEMPTED, Preempted, StopRequest
 from lra.registry import registered_attentions
 from lra.result_record import NO_ACCURACY, make_record
 from lra.results import RECORDS, new_run_id, write_record
@@ -48,7 +47,6 @@ from lra.run_logging import (CsvMetricsWriter, MetricSinks, RunProgress, WandbSi
                              wandb_run_options)
 from lra.sweep import NOT_RUN, SWEEP_ID_VARIABLE
 from lra.training.loop import DivergenceError, LoopConfig, progress_total, train_and_evaluate
-from lra.training.optimizer import build_optimizer
 from lra.training.sharding import initialize_distributed, is_primary
 
 log = logging.getLogger(__name__)
@@ -194,9 +192,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
                 write_record(cfg.paths.results_dir, finished)
             log.info(run_summary_line(finished, Path(cfg.paths.results_dir) / RECORDS / f"{finished['run_id']}.json"))
         return finished
-    model = build_model(cfg, cache.vocab_size, attention_factory, bias_factory)
-    tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, learning_rate = build_model_and_optimizer(cfg, cache.vocab_size, attention_factory, bias_factory)
 
     wandb_sink = None
     if cfg.logger.wandb.enabled and primary:

@@ -63,7 +63,7 @@ from lra.bench.report import (PointProgress, markdown_table, output_directory, p
                               write_provenance)
 from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
 from lra.registry import ATTENTION_CONFIGS, load_attention_config, registered_attentions, runnable_attentions
-from lra.build import build_attention, build_model
+from lra.build import build_attention, build_model, model_rngs
 from lra.training.steps import compile_step, make_eval_step, weighted_loss_and_correct
 
 MODES = ("layer", "encoder")
@@ -113,6 +113,8 @@ class Settings:
 # ------------------------------------------------------------------------------------------------
 
 def attention_factory(config_name: str):
+    """The attention's factory (``lra.build.build_attention``); a registered combination with a
+    positional bias is refused: the benchmark measures plain attentions."""
     config = load_attention_config(config_name)
     if config.get("positional_bias"):
         raise ValueError(f"attention '{config_name}' is a combination with a positional bias; "
@@ -126,7 +128,7 @@ def layer_case(point: Point, settings: Settings):
     dtype = jnp.dtype(point.dtype)
     spec = AttentionSpec(num_heads=settings.layer_heads, head_dim=settings.layer_head_dim,
                          max_length=point.length, dtype=dtype)
-    module = attention_factory(point.attention)(spec, rngs=nnx.Rngs(params=0, dropout=1, attention=2))
+    module = attention_factory(point.attention)(spec, rngs=model_rngs(0))
     graph, state = nnx.split(module)
     shape = (point.batch, point.length, settings.layer_heads, settings.layer_head_dim)
     q, k, v = (jax.random.normal(key, shape, dtype) for key in jax.random.split(jax.random.key(0), 3))
