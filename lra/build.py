@@ -52,12 +52,18 @@ def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
     return harness["name"], factory, kwargs
 
 
+def attention_factory(config_name: str, **overrides):
+    """The factory ``(spec, rngs=...) -> module`` of an attention YAML by name (built-in or from
+    ``LRA_KERNEL_DIR``), with config ``overrides`` merged in."""
+    _, factory, _ = build_attention(OmegaConf.merge(load_attention_config(config_name), overrides))
+    return factory
+
+
 def make_attention(config_name: str, spec: AttentionSpec, seed: int = 0, *, attention_seed: int | None = None,
                    **overrides):
-    """One attention module from its YAML name (built-in or from ``LRA_KERNEL_DIR``) with config
-    ``overrides``, built as the encoder builds it (``build_attention``, ``model_rngs(seed)``)."""
-    _, factory, _ = build_attention(OmegaConf.merge(load_attention_config(config_name), overrides))
-    return factory(spec, rngs=model_rngs(seed, attention_seed))
+    """One attention module from its YAML name with config ``overrides``, built as the encoder
+    builds it (``attention_factory``, ``model_rngs(seed, attention_seed)``)."""
+    return attention_factory(config_name, **overrides)(spec, rngs=model_rngs(seed, attention_seed))
 
 
 def task_attention_config(cfg: DictConfig) -> DictConfig:
