@@ -3,8 +3,8 @@
     python -m lra.leaderboard --results-dir results/smoke    # one protocol: print and write
     python -m lra.leaderboard --root results                 # every protocol + the combined page
 
-What is written, and how the table is computed: the package docstring (``lra.leaderboard``) and
-``lra.leaderboard.table``.
+``--help`` shows the package docstring (``lra.leaderboard``): what is written, and how the table is
+computed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import lra.leaderboard
 from lra.leaderboard.pages import HTML_FILE, write_combined_leaderboard, write_leaderboard
 
 
@@ -30,7 +31,7 @@ def print_leaderboard(path: Path, frame: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=lra.leaderboard.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--results-dir", help="one protocol's folder holding records/")
     where.add_argument("--root", help="a folder of protocol folders (results/): all of them + the combined page")
