@@ -1,7 +1,10 @@
-"""Build a run's parts from its config: the attention, the positional-bias add-on, the encoder.
+"""Build a run's parts from its config: the attention, the positional-bias add-on, the encoder and
+its optimizer.
 
-One home for turning YAML into modules, used by the entry point (``lra.train``), ``restore_model``,
-the pre-flight check, the benchmarks and the tests.
+One home for turning YAML into modules, used by the entry point (``lra.train``), ``lra.restore``,
+the memory plan, the pre-flight check, the kernel report card, the benchmarks and the tests.
+``make_attention`` builds one attention by its YAML name; ``model_rngs`` is the random-stream
+convention every module built here shares (parameters, dropout, and the attention's own draws).
 """
 
 from __future__ import annotations
@@ -11,13 +14,20 @@ import jax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from attention.base import HARNESS_KEYS
+from attention.base import HARNESS_KEYS, AttentionSpec
 from lra.model import DualEncoder, Encoder
-from lra.registry import POSITIONAL_BIAS_CONFIGS, required_backends, runs_on
+from lra.registry import POSITIONAL_BIAS_CONFIGS, load_attention_config, required_backends, runs_on
+from lra.training.optimizer import build_optimizer
 
 
 class ConfigError(ValueError):
     pass
+
+
+def model_rngs(seed: int, attention_seed: int | None = None) -> nnx.Rngs:
+    """The random streams of a built module: ``params`` from ``seed``, ``dropout`` from seed + 1 and
+    ``attention`` (random features, hashing, sampling) from seed + 2 unless ``attention_seed`` is given."""
+    return nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2 if attention_seed is None else attention_seed)
 
 
 def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
@@ -40,6 +50,20 @@ def build_attention(attention_cfg: DictConfig, kind: str = "attention"):
                           f"{config.get('_target_')!r}: {error}") from error
     kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
     return harness["name"], factory, kwargs
+
+
+def attention_factory(config_name: str, **overrides):
+    """The factory ``(spec, rngs=...) -> module`` of an attention YAML by name (built-in or from
+    ``LRA_KERNEL_DIR``), with config ``overrides`` merged in."""
+    _, factory, _ = build_attention(OmegaConf.merge(load_attention_config(config_name), overrides))
+    return factory
+
+
+def make_attention(config_name: str, spec: AttentionSpec, seed: int = 0, *, attention_seed: int | None = None,
+                   **overrides):
+    """One attention module from its YAML name with config ``overrides``, built as the encoder
+    builds it (``attention_factory``, ``model_rngs(seed, attention_seed)``)."""
+    return attention_factory(config_name, **overrides)(spec, rngs=model_rngs(seed, attention_seed))
 
 
 def task_attention_config(cfg: DictConfig) -> DictConfig:
@@ -82,4 +106,20 @@ def build_model(cfg: DictConfig, vocab_size: int, attention_factory, positional_
                      grid_shape=cfg.task.get("grid_shape"),
                      mean_pool_includes_padding=cfg.quirks.mean_pool_includes_padding,
                      **OmegaConf.to_container(cfg.model, resolve=True),
-                     rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))
+                     rngs=model_rngs(seed))
+
+
+def build_model_and_optimizer(cfg: DictConfig, vocab_size: int, attention_factory, positional_bias_factory=None):
+    """The task's model and its optimizer (``optimizer.*`` over ``train.steps``) -> (model,
+    ``nnx.Optimizer`` over its parameters, learning-rate schedule)."""
+    model = build_model(cfg, vocab_size, attention_factory, positional_bias_factory)
+    tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param), learning_rate
+
+
+def build_run(cfg: DictConfig, vocab_size: int):
+    """Everything a run trains, from its resolved config alone: the task's attention and positional
+    bias, the model and its optimizer -> (model, optimizer, learning-rate schedule)."""
+    _, attention_factory, _ = build_attention(task_attention_config(cfg))
+    _, bias_factory, _, _ = build_positional_bias(cfg)
+    return build_model_and_optimizer(cfg, vocab_size, attention_factory, bias_factory)

@@ -1,4 +1,4 @@
-"""Checkpoints that let a run survive preemption, and a trained model restored from one.
+"""Checkpoints that let a run survive preemption (``lra.preemption``): save, resume, finish.
 
 A run's checkpoint directory (Orbax ``CheckpointManager``; each step is written to a temporary
 folder and renamed once complete, so a save killed half-way leaves nothing that looks finished):
@@ -31,9 +31,9 @@ that differ; never a silent fresh start.
 The data position needs no state of its own: training batches are a pure function of
 (seed, epoch, position), so the step count is the iterator position (``lra.data.batches``).
 
-``restore_model`` rebuilds the encoder of a run and loads its final or best-validation parameters.
-The layout follows the Flax NNX checkpointing guide (split the state, save it with Orbax, restore
-into a template of the same structure).
+A trained model is rebuilt from a checkpoint directory by ``lra.restore.restore_model``. The layout
+follows the Flax NNX checkpointing guide (split the state, save it with Orbax, restore into a
+template of the same structure).
 """
 
 from __future__ import annotations
@@ -46,9 +46,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +62,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
 RESUME_POLICIES = ("auto", "never", "require")
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, try again" - rerun to continue
 
 
 class CheckpointError(RuntimeError):
@@ -73,15 +70,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointBusy(CheckpointError):
     """Another process is training into the directory: this launch is not a run (nothing is recorded)."""
-
-
-class Preempted(Exception):
-    """Raised by the training loop after it saved a checkpoint on SIGTERM/SIGINT."""
-
-    def __init__(self, step: int, signal_name: str, directory: Path | None):
-        self.step, self.signal_name, self.directory = step, signal_name, directory
-        where = f"checkpoint saved in {directory}" if directory else "checkpointing is off: nothing saved"
-        super().__init__(f"{signal_name} at step {step}: {where}; rerun the same command to continue")
 
 
 def _pure(state) -> dict:
@@ -384,100 +372,3 @@ def read_run_info(directory: Path) -> dict:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is unreadable or not a run description ({error}); "
                               "the checkpoint directory is corrupted") from error
-
-
-class StopRequest:
-    """SIGTERM / SIGINT set ``requested`` (the signal's name); the loop checkpoints and stops.
-
-    A second signal of the same kind falls through to the previous handler (Ctrl-C twice
-    interrupts at once). Under submitit (Hydra's SLURM launcher), whose SIGUSR2 handler requeues
-    the job before the time limit, SIGUSR2 is caught too and submitit's handler runs after the
-    checkpoint is saved, on leaving the block. Handlers can only be installed from the main
-    thread; elsewhere this is inert and ``requested`` stays None.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-    CHAINED = (signal.SIGUSR2,)  # only when a Python handler (submitit's) is already installed
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._signum: int | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.requested is not None:  # second signal: behave as if we were not here
-            previous = self._previous.get(signum)
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                signal.signal(signum, signal.SIG_DFL)
-                signal.raise_signal(signum)
-            return
-        self.requested, self._signum = signal.Signals(signum).name, signum
-        log.warning("%s received: saving a checkpoint after the current step, then stopping", self.requested)
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            chained = [s for s in self.CHAINED if callable(signal.getsignal(s))]
-            for signum in (*self.SIGNALS, *chained):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        previous, self._previous = self._previous, {}
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        if self._signum in self.CHAINED and callable(previous.get(self._signum)):
-            previous[self._signum](self._signum, None)  # e.g. submitit: requeue the job, then exit
-
-
-def _checkpoint_directory_of(path: Path) -> Path:
-    """A checkpoint directory, or a run directory whose config.yaml names one."""
-    path = Path(path)
-    if (path / RUN_FILE).is_file():
-        return path
-    config = path / "config.yaml"
-    if config.is_file():
-        from omegaconf import OmegaConf
-
-        directory = OmegaConf.load(config).get("checkpoint", {}).get("dir")
-        if directory and (Path(directory) / RUN_FILE).is_file():
-            return Path(directory)
-        raise CheckpointError(f"{config}: checkpoint.dir={directory!r} holds no checkpoint")
-    raise CheckpointError(f"{path} is neither a checkpoint directory (no {RUN_FILE}) nor a run "
-                          "directory (no config.yaml)")
-
-
-def restore_model(path: str | Path, which: str = "final"):
-    """A trained encoder from a run directory or its checkpoint directory -> (cfg, model).
-
-    ``which`` = final (the newest checkpoint's parameters) or best (the best-validation ones).
-    The model is rebuilt from the run's own resolved config, so attention and sizes match.
-    """
-    from omegaconf import OmegaConf
-
-    from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
-    from lra.training.optimizer import build_optimizer
-
-    if which not in ("final", "best"):
-        raise ValueError(f"which must be 'final' or 'best'; got {which!r}")
-    directory = _checkpoint_directory_of(Path(path))
-    info = read_run_info(directory)
-    cfg = OmegaConf.create(info["config"])
-    _, attention_factory, _ = build_attention(task_attention_config(cfg))
-    _, bias_factory, _, _ = build_positional_bias(cfg)
-    model = build_model(cfg, info["vocab_size"], attention_factory, bias_factory)
-    tx, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    checkpoints = RunCheckpoints(directory, info["identity"], every_steps=1, keep=1).open_read_only()
-    if checkpoints.latest_step is None:
-        raise CheckpointError(f"{directory} holds no checkpoint step")
-    _, model_state, _, best_state, _ = checkpoints.restore(nnx.state(model), nnx.state(optimizer))
-    checkpoints.close()
-    if which == "best":
-        if best_state is None:
-            raise CheckpointError(f"{directory}: the run had not evaluated yet; no best-validation parameters")
-        model_state = best_state
-    nnx.update(model, model_state)
-    return cfg, model
-

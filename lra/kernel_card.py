@@ -33,9 +33,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from attention.base import AttentionSpec
+from lra.build import make_attention
 
 SPEC = AttentionSpec(num_heads=2, head_dim=8, max_length=48)
 MEMORY_LENGTHS = (256, 512, 1024)
@@ -47,18 +47,6 @@ class Check:
     ok: bool | None      # None: a measurement, not a pass/fail check
     detail: str
     warning: bool = False  # a measurement that departs from the contract without breaking a run
-
-
-def make_attention(config_name: str, spec: AttentionSpec = SPEC, seed: int = 0, **overrides):
-    """Any attention config (built-in or from ``LRA_KERNEL_DIR``) built the way the encoder builds it."""
-    from omegaconf import OmegaConf
-
-    from lra.build import build_attention
-    from lra.registry import load_attention_config
-
-    config = OmegaConf.merge(load_attention_config(config_name), overrides)
-    _, factory, _ = build_attention(config)
-    return factory(spec, rngs=nnx.Rngs(params=seed, dropout=seed + 1, attention=seed + 2))
 
 
 def random_qkv(seed: int, batch: int, length: int, spec: AttentionSpec = SPEC, dtype=jnp.float32):
@@ -195,7 +183,7 @@ def report_card(config_name: str, measure: bool = True) -> list[Check]:
     config = load_attention_config(config_name)  # a missing config is a clear FileNotFoundError
     if config.get("requires") == "gpu" and jax.default_backend() == "cpu":
         raise RuntimeError(f"attention '{config_name}' requires a GPU (requires: gpu); this machine has none")
-    attention = make_attention(config_name)
+    attention = make_attention(config_name, SPEC)
     checks = [
         _safely("output shape and dtype", lambda: check_output_shape(attention)),
         _safely("bfloat16 output", lambda: check_bfloat16_output(attention)),

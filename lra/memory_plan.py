@@ -23,14 +23,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
+from lra.build import build_run
 from lra.data.tasks import batch_length
 from lra.metrics import compiled_memory
 from lra.registry import ATTENTION_CONFIGS
 from lra.training.accumulation import GIB, micro_batch_sizes
-from lra.training.optimizer import build_optimizer
 from lra.training.steps import compile_step, make_train_step
 
 
@@ -38,11 +36,7 @@ def plan(overrides: list[str], limits_gb: list[float], vocab_size: int = 256) ->
     """{"config": ..., "rows": [(micro_batch, accum_steps, bytes)], "fits": {limit: micro_batch | None}}."""
     with initialize_config_dir(config_dir=str(ATTENTION_CONFIGS.parent), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    _, attention, _ = build_attention(task_attention_config(cfg))
-    _, bias, _, _ = build_positional_bias(cfg)
-    model = build_model(cfg, vocab_size, attention, bias)
-    tx, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, _ = build_run(cfg, vocab_size)
     model_graph, model_state = nnx.split(model)
     optimizer_graph, optimizer_state = nnx.split(optimizer)
     batch_size, length = int(cfg.train.batch_size), batch_length(cfg.task)

@@ -17,7 +17,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from attention.base import AttentionSpec, ContractError, check_output
 from lra.registry import load_attention_config, required_backends, runs_on
@@ -28,7 +27,7 @@ BATCH, LENGTH, REAL = 2, 64, 40
 
 def check_attention(name: str) -> str | None:
     """What is wrong with attention config ``name`` on the tiny input, or None when nothing is."""
-    from lra.build import build_attention
+    from lra.build import make_attention
 
     try:
         config = load_attention_config(name)
@@ -44,8 +43,7 @@ def check_attention(name: str) -> str | None:
     q, k, v = (jax.random.normal(key, (BATCH, LENGTH, SPEC.num_heads, SPEC.head_dim)) for key in keys)
     mask = jnp.stack([jnp.ones(LENGTH, bool), jnp.arange(LENGTH) < REAL])
     try:
-        _, factory, _ = build_attention(config)
-        module = factory(SPEC, rngs=nnx.Rngs(params=0, dropout=1, attention=2))
+        module = make_attention(name, SPEC)
         for deterministic in (False, True):
             out = module(q, k, v, mask, deterministic=deterministic)
             check_output(out, q, f"'{name}'")

@@ -28,12 +28,15 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lra.digest import json_sha256, path_sha256
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 FINGERPRINT_CHARS = 16
@@ -253,6 +256,42 @@ def settings_changed(now: Mapping[str, Any], defaults: Mapping[str, Any]) -> lis
         elif now[key] != defaults[key]:
             changed.append(f"{key}={render(now[key])}")
     return changed
+
+
+def config_choices(cfg) -> dict[str, str]:
+    """The config-group options a run's config was composed from (Hydra's record of them when Hydra
+    composed it, else derived from the config: an attention by its registered YAML name)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lra.registry import registered_attentions
+
+    if HydraConfig.initialized():
+        chosen = HydraConfig.get().runtime.choices
+        return {group: chosen.get(group) for group in ("task", "attention", "protocol", "positional_bias")
+                if chosen.get(group)}
+    by_name = {info["name"]: stem for stem, info in registered_attentions().items()}
+    choices = {"task": cfg.task.name, "attention": by_name.get(cfg.attention.name, cfg.attention.name),
+               "protocol": cfg.protocol.name}
+    if cfg.get("positional_bias") is not None:
+        choices["positional_bias"] = cfg.positional_bias.name
+    return choices
+
+
+def changed_from_defaults(cfg, identity: RunIdentity) -> list[str] | None:
+    """What a run (``cfg``, its ``identity``) sets differently from its protocol's defaults, as Hydra
+    overrides; None if the defaults cannot be composed (the run goes on, labelled as such)."""
+    from omegaconf import OmegaConf
+
+    from lra.build import task_attention_config
+
+    try:
+        defaults = OmegaConf.create(compose_defaults(config_choices(cfg)))
+        default_settings = settings(OmegaConf.to_container(defaults, resolve=True),
+                                    OmegaConf.to_container(task_attention_config(defaults), resolve=True))
+    except Exception as error:  # noqa: BLE001 - a label must never stop a run
+        log.warning("cannot compose the protocol's defaults to label this run's settings: %s", error)
+        return None
+    return settings_changed(identity.settings, default_settings)
 
 
 def compose_defaults(choices: Mapping[str, str]) -> dict:

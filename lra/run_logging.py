@@ -131,6 +131,24 @@ def wandb_run_options(*, project: str, protocol: str, task: str, attention: str,
             "id": f"{readable[:80]}-{fingerprint[:16]}", "group": sweep_id, "job_type": job_type, "tags": tags}
 
 
+def run_sinks(logger_cfg, record: dict, run_dir: Path, config: dict, primary: bool) -> MetricSinks | None:
+    """A run's metric sinks: ``metrics.csv`` in ``run_dir``, and W&B when ``logger_cfg.wandb.enabled``
+    (placed by ``wandb_run_options`` from the record's identity fields); None off process 0."""
+    if not primary:
+        return None
+    wandb_sink = None
+    wandb_cfg = logger_cfg.wandb
+    if wandb_cfg.enabled:
+        placement = wandb_run_options(project=wandb_cfg.project, protocol=record["protocol"], task=record["task"],
+                                      attention=record["attention"], seed=int(record["seed"]),
+                                      fingerprint=record["fingerprint"], settings_changed=record["settings_changed"],
+                                      sweep_id=record["sweep_id"], job_type=wandb_cfg.get("job_type", "train"))
+        wandb_sink = WandbSink(project=placement["project"], entity=wandb_cfg.entity, mode=wandb_cfg.mode,
+                               run_dir=run_dir, name=record["run_id"], config=config, tags=placement["tags"],
+                               run_id=placement["id"], group=placement["group"], job_type=placement["job_type"])
+    return MetricSinks(CsvMetricsWriter(run_dir), wandb_sink)
+
+
 class WandbSink:
     """Thin wrapper around a wandb run: ``log``, ``summary``, ``finish``.
 

@@ -41,7 +41,7 @@ def swept_attentions(config: DictConfig) -> list[str]:
 def sweep_pointers(results_dir: str | Path, runs: list[dict]) -> list[str]:
     """Where a sweep's outputs are: leaderboard markdown, HTML page and plots; the W&B offline runs
     of its runs and the command that uploads them (``wandb sync``)."""
-    from lra.leaderboard import HTML_FILE, LEADERBOARD_FILE
+    from lra.leaderboard.pages import HTML_FILE, LEADERBOARD_FILE
 
     results_dir = Path(results_dir)
     lines = []
@@ -78,7 +78,8 @@ class SweepCallback(Callback):
                 print(f"preflight: {len(problems)} broken attention(s); their runs will be recorded as failed")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from lra.leaderboard import print_leaderboard, write_leaderboard
+        from lra.leaderboard.cli import print_leaderboard
+        from lra.leaderboard.pages import write_leaderboard
         from lra.results import read_records
 
         try:

@@ -25,30 +25,25 @@ from pathlib import Path
 
 import hydra
 import jax
-from flax import nnx
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lra.atomic_files import atomic_write_text
-from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
-from lra.checkpointing import (EXIT_PREEMPTED, CheckpointBusy, Preempted, RunCheckpoints, StopRequest,
-                               read_run_info)
+from lra.build import build_attention, build_model_and_optimizer, build_positional_bias, task_attention_config
+from lra.checkpointing import CheckpointBusy, RunCheckpoints, read_run_info
 from lra.config_checks import ConfigError, check_config
 from lra.cpu_guard import CpuRunRefused, cpu_guard
 from lra.data.tasks import batch_length, load_task
 from lra.metrics import provenance
 from lra.model import count_parameters
-from lra.registry import registered_attentions
+from lra.preemption import EXIT_PREEMPTED, Preempted, StopRequest
 from lra.result_record import NO_ACCURACY, make_record
 from lra.results import RECORDS, new_run_id, write_record
-from lra.run_identity import (RunIdentity, checkpoint_directory, compose_defaults, explain_fresh_start, run_identity,
-                              settings, settings_changed)
-from lra.run_logging import (CsvMetricsWriter, MetricSinks, RunProgress, WandbSink, run_costs, run_summary_line,
-                             wandb_run_options)
+from lra.run_identity import RunIdentity, changed_from_defaults, checkpoint_directory, explain_fresh_start, run_identity
+from lra.run_logging import RunProgress, run_costs, run_sinks, run_summary_line
 from lra.sweep import NOT_RUN, SWEEP_ID_VARIABLE
 from lra.training.loop import DivergenceError, LoopConfig, progress_total, train_and_evaluate
-from lra.training.optimizer import build_optimizer
 from lra.training.sharding import initialize_distributed, is_primary
 
 log = logging.getLogger(__name__)
@@ -67,33 +62,6 @@ def _log_path(run_dir: Path) -> str | None:
     if HydraConfig.initialized():
         return str((run_dir / f"{HydraConfig.get().job.name}.log").resolve())
     return None
-
-
-def _choices(cfg: DictConfig) -> dict[str, str]:
-    """The config-group options this run was composed from (Hydra's record of them, else derived)."""
-    if HydraConfig.initialized():
-        chosen = HydraConfig.get().runtime.choices
-        return {group: chosen.get(group) for group in ("task", "attention", "protocol", "positional_bias")
-                if chosen.get(group)}
-    by_name = {info["name"]: stem for stem, info in registered_attentions().items()}
-    choices = {"task": cfg.task.name, "attention": by_name.get(cfg.attention.name, cfg.attention.name),
-               "protocol": cfg.protocol.name}
-    if cfg.get("positional_bias") is not None:
-        choices["positional_bias"] = cfg.positional_bias.name
-    return choices
-
-
-def _settings_changed(cfg: DictConfig, identity: RunIdentity) -> list[str] | None:
-    """What this run sets differently from its protocol's defaults, as Hydra overrides; None if the
-    defaults cannot be composed (the run goes on, labelled as such)."""
-    try:
-        defaults = OmegaConf.create(compose_defaults(_choices(cfg)))
-        default_settings = settings(OmegaConf.to_container(defaults, resolve=True),
-                                    OmegaConf.to_container(task_attention_config(defaults), resolve=True))
-    except Exception as error:  # noqa: BLE001 - a label must never stop a run
-        log.warning("cannot compose the protocol's defaults to label this run's settings: %s", error)
-        return None
-    return settings_changed(identity.settings, default_settings)
 
 
 def _checkpoints(cfg: DictConfig, resolved: dict, identity: RunIdentity, cache) -> RunCheckpoints | None:
@@ -153,7 +121,7 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
     attention_cfg = task_attention_config(cfg)
     attention_settings = OmegaConf.to_container(attention_cfg, resolve=True)
     identity = run_identity(OmegaConf.to_container(cfg, resolve=True), attention_settings)
-    changed = _settings_changed(cfg, identity)
+    changed = changed_from_defaults(cfg, identity)
     record.update(fingerprint=identity.fingerprint, settings_changed=changed,
                   variant="unknown settings" if changed is None else ", ".join(changed),
                   attention_target=attention_settings.get("_target_"),
@@ -195,21 +163,9 @@ def _train(cfg: DictConfig, record: dict, run_dir: Path) -> dict:
                 write_record(cfg.paths.results_dir, finished)
             log.info(run_summary_line(finished, Path(cfg.paths.results_dir) / RECORDS / f"{finished['run_id']}.json"))
         return finished
-    model = build_model(cfg, cache.vocab_size, attention_factory, bias_factory)
-    tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, learning_rate = build_model_and_optimizer(cfg, cache.vocab_size, attention_factory, bias_factory)
 
-    wandb_sink = None
-    if cfg.logger.wandb.enabled and primary:
-        placement = wandb_run_options(project=cfg.logger.wandb.project, protocol=cfg.protocol.name,
-                                      task=cfg.task.name, attention=record["attention"], seed=int(cfg.seed),
-                                      fingerprint=identity.fingerprint, settings_changed=changed,
-                                      sweep_id=record["sweep_id"], job_type=cfg.logger.wandb.get("job_type", "train"))
-        wandb_sink = WandbSink(project=placement["project"], entity=cfg.logger.wandb.entity,
-                               mode=cfg.logger.wandb.mode, run_dir=run_dir, name=record["run_id"], config=resolved,
-                               tags=placement["tags"], run_id=placement["id"], group=placement["group"],
-                               job_type=placement["job_type"])
-    sinks = MetricSinks(CsvMetricsWriter(run_dir), wandb_sink) if primary else None
+    sinks = run_sinks(cfg.logger, record, run_dir, resolved, primary)
     loop_cfg = LoopConfig(max_length=batch_length(cfg.task), seed=int(cfg.seed),
                           **OmegaConf.to_container(cfg.train, resolve=True))
     label = f"{cfg.task.name}/{record['attention']} seed {cfg.seed}"

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lra.build import build_attention, build_model
+from lra.build import build_run
 from lra.training.accumulation import choose_accumulation, fixed_accumulation, micro_batch_sizes
 from lra.training.loop import DivergenceError, _check_finite
-from lra.training.optimizer import build_optimizer
 from lra.training.steps import compile_step, make_train_step, micro_batches
 
 VOCAB = 20
@@ -28,10 +27,8 @@ VOCAB = 20
 
 def _parts(compose, *overrides):
     cfg = compose("model.dropout_rate=0", "model.attention_dropout_rate=0", *overrides)
-    _, attention, _ = build_attention(cfg.attention)
-    model = build_model(cfg, VOCAB, attention)
-    tx, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, _ = build_run(cfg, VOCAB)
+    return model, optimizer
 
 
 def _batch(rows=8, length=24, seed=0):

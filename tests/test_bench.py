@@ -203,11 +203,11 @@ def test_capture_from_an_encoder_and_approximate_on_real_padding(compose):
 
 
 def test_run_dir_captures_a_validation_batch_of_the_restored_model(compose, monkeypatch):
-    """The --run-dir path with a stand-in for lra.checkpointing.restore_model (written elsewhere)."""
+    """The --run-dir path with a stand-in for lra.restore.restore_model (written elsewhere)."""
     cfg = compose("attention=mra2")
     _, factory, _ = build_attention(cfg.attention)
     model = build_model(cfg, 17, factory)
-    monkeypatch.setitem(sys.modules, "lra.checkpointing",
+    monkeypatch.setitem(sys.modules, "lra.restore",
                         types.SimpleNamespace(restore_model=lambda run_dir: (cfg, model)))
     inputs = approximation.checkpoint_inputs("runs/x", layer=0, batch_size=3)
     assert inputs.q.shape[:2] == (3, cfg.task.max_length + 1) and "runs/x layer 0" in inputs.source
@@ -226,8 +226,8 @@ def test_trained_parameters_are_copied_where_they_fit():
     assert copied.num_samples == 16
 
 
-def test_run_dir_without_checkpointing_module_says_what_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lra.checkpointing", None)  # import fails as if absent
+def test_run_dir_without_restore_module_says_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lra.restore", None)  # import fails as if absent
     with pytest.raises(SystemExit, match="restore_model"):
         approximation.checkpoint_inputs("some/run", 0, 2)
 

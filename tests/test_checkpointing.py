@@ -16,7 +16,9 @@ import optax
 import pytest
 from flax import nnx
 
-from lra.checkpointing import EXIT_PREEMPTED, CheckpointError, RunCheckpoints, StopRequest, restore_model
+from lra.checkpointing import CheckpointError, RunCheckpoints
+from lra.preemption import EXIT_PREEMPTED, StopRequest
+from lra.restore import restore_model
 from lra.results import read_records
 from lra.train import run
 from tests.conftest import REPO, TINY_OVERRIDES

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lra.leaderboard import leaderboard_frame, leaderboard_rows, write_leaderboard
+from lra.leaderboard.pages import write_leaderboard
+from lra.leaderboard.table import leaderboard_frame, leaderboard_rows
 from lra.result_record import LEGACY_VARIANT, RecordError, make_record as schema_record, normalise, read_record
 from lra.results import comparable_runs, read_records, write_record
 from tests.conftest import REPO, TINY_OVERRIDES, compose_tiny

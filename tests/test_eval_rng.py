@@ -9,9 +9,8 @@ import pytest
 from flax import nnx
 from omegaconf import OmegaConf
 
-from lra.build import build_attention, build_model
+from lra.build import attention_factory, build_model
 from lra.data.token_cache import TokenSplit
-from lra.registry import load_attention_config
 from lra.training.loop import LoopConfig, evaluate
 from lra.training.steps import make_eval_step
 
@@ -24,8 +23,7 @@ def _model(attention: str, **knobs):
         "task": {"num_classes": 2, "max_length": LENGTH, "pad_id": 0, "grid_shape": None},
         "model": {"emb_dim": 8, "num_heads": 2, "qkv_dim": 8, "mlp_dim": 8, "num_layers": 1,
                   "dropout_rate": 0.0, "attention_dropout_rate": 0.0}})
-    _, factory, _ = build_attention(OmegaConf.merge(load_attention_config(attention), knobs))
-    return build_model(cfg, VOCAB, factory)
+    return build_model(cfg, VOCAB, attention_factory(attention, **knobs))
 
 
 def _split(copies=4):

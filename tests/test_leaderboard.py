@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from lra.leaderboard import (HTML_FILE, LEADERBOARD_FILE, leaderboard_frame, leaderboard_rows, write_combined_leaderboard,
-                             write_leaderboard)
+from lra.leaderboard.pages import HTML_FILE, LEADERBOARD_FILE, write_combined_leaderboard, write_leaderboard
+from lra.leaderboard.table import leaderboard_frame, leaderboard_rows
 from lra.results import read_records, write_record
 from tests.leaderboard_records import (LINEAR_LISTOPS, PERFORMER_LISTOPS, SOFTMAX_LISTOPS, build_results_root,
                                        pct_mean_std)

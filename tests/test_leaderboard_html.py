@@ -14,7 +14,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from lra.leaderboard import HTML_FILE, leaderboard_rows, write_combined_leaderboard
+from lra.leaderboard.pages import HTML_FILE, write_combined_leaderboard
+from lra.leaderboard.table import leaderboard_rows
 from lra.results import read_records
 from tests.leaderboard_records import build_results_root
 

@@ -7,7 +7,7 @@ import logging
 
 import pandas as pd
 
-from lra.leaderboard import write_leaderboard
+from lra.leaderboard.pages import write_leaderboard
 from lra.results import RECORDS, REPLACED, TABLE, comparable_runs, read_records, write_record
 from tests.test_results import make_record
 
@@ -105,7 +105,7 @@ def test_a_hand_edited_results_csv_is_never_read_and_is_rebuilt(tmp_path):
 
 def test_reproduce_and_the_leaderboard_count_the_same_record_of_a_repeated_seed(tmp_path, monkeypatch):
     import lra.reproduce as reproduce_module
-    from lra.leaderboard import leaderboard_frame, leaderboard_rows
+    from lra.leaderboard.table import leaderboard_frame, leaderboard_rows
 
     monkeypatch.setattr(reproduce_module, "available_tasks", lambda protocol: {"listops"})
     official = tmp_path / "lra_official"

@@ -24,17 +24,13 @@ def _train(devices, overrides: list[str]) -> tuple[dict, dict]:
     from omegaconf import OmegaConf
 
     from lra.data.tasks import load_task
-    from lra.build import build_attention, build_model
+    from lra.build import build_run
     from lra.training.loop import LoopConfig, train_and_evaluate
-    from lra.training.optimizer import build_optimizer
     from lra.training.sharding import data_mesh
 
     cfg = compose_config(*TINY_OVERRIDES, *overrides)
     cache = load_task(cfg.task, cfg.paths.data_dir, progress=False)
-    _, attention, _ = build_attention(cfg.attention)
-    model = build_model(cfg, cache.vocab_size, attention)
-    tx, learning_rate = build_optimizer(cfg.optimizer, cfg.train.steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, learning_rate = build_run(cfg, cache.vocab_size)
     loop_cfg = LoopConfig(max_length=cfg.task.max_length, seed=int(cfg.seed),
                           **OmegaConf.to_container(cfg.train, resolve=True))
     logged = []

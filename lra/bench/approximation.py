@@ -20,7 +20,7 @@ max over seeds); the others are deterministic and give the same error for every 
 
 Inputs: q, k, v ~ N(0, ``--input-std``^2) of (batch, length, heads, head_dim), no padding; or, with
 ``--run-dir``, the q/k/v that one attention layer of a trained model sees on a validation batch
-(padding included), via ``lra.checkpointing.restore_model``. A family evaluated on captured inputs
+(padding included), via ``lra.restore.restore_model``. A family evaluated on captured inputs
 whose config is the checkpoint's own attention uses the trained parameters of that layer.
 
 Output: ``results/bench/<device>/<name>/`` with approximation.csv, approximation.md,
@@ -49,8 +49,8 @@ from attention.skyformer import kernelized_attention
 from attention.softmax import softmax_attention
 from lra.atomic_files import atomic_write_text
 from lra.bench.report import PointProgress, markdown_table, output_directory, plot_lines, write_csv, write_provenance
-from lra.registry import ATTENTION_CONFIGS, load_attention_config
-from lra.build import build_attention
+from lra.registry import ATTENTION_CONFIGS
+from lra.build import make_attention
 
 PLAN = ATTENTION_CONFIGS.parent / "bench" / "approximation.yaml"
 TARGETS = ("softmax", "gaussian_kernel", "expected_kernel", "monte_carlo_kernel", "shared_qk_softmax")
@@ -122,12 +122,12 @@ def capture_attention_inputs(model, tokens: jax.Array, layer: int = 0) -> tuple[
 
 
 def checkpoint_inputs(run_dir: str, layer: int, batch_size: int) -> Inputs:
-    """Restore a trained run (``lra.checkpointing.restore_model``) and capture one layer's q/k/v on
+    """Restore a trained run (``lra.restore.restore_model``) and capture one layer's q/k/v on
     the first validation batch of its task."""
     try:
-        from lra.checkpointing import restore_model
+        from lra.restore import restore_model
     except ImportError as error:
-        raise SystemExit(f"--run-dir needs lra.checkpointing.restore_model(run_dir) -> (cfg, model), which this "
+        raise SystemExit(f"--run-dir needs lra.restore.restore_model(run_dir) -> (cfg, model), which this "
                          f"checkout does not provide ({error})") from error
     from lra.data.batches import eval_batches
     from lra.data.tasks import load_task
@@ -147,9 +147,7 @@ def checkpoint_inputs(run_dir: str, layer: int, batch_size: int) -> Inputs:
 def build_family(name: str, spec: AttentionSpec, overrides: dict, *, attention_seed: int, trained=None):
     """The family's module with config ``overrides``; parameters from PARAMS_SEED, or copied from the
     trained module (``trained``) where names and shapes match."""
-    config = OmegaConf.merge(load_attention_config(name), overrides)
-    _, factory, _ = build_attention(config)
-    module = factory(spec, rngs=nnx.Rngs(params=PARAMS_SEED, dropout=PARAMS_SEED + 1, attention=attention_seed))
+    module = make_attention(name, spec, PARAMS_SEED, attention_seed=attention_seed, **overrides)
     if trained is not None:
         learned = (nnx.Param, nnx.BatchStat)
         source = dict(nnx.to_flat_state(nnx.state(trained, learned)))

@@ -63,7 +63,7 @@ from lra.bench.report import (PointProgress, markdown_table, output_directory, p
                               write_provenance)
 from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
 from lra.registry import ATTENTION_CONFIGS, load_attention_config, registered_attentions, runnable_attentions
-from lra.build import build_attention, build_model
+from lra.build import attention_factory, build_model, model_rngs
 from lra.training.steps import compile_step, make_eval_step, weighted_loss_and_correct
 
 MODES = ("layer", "encoder")
@@ -112,13 +112,13 @@ class Settings:
 # Building one point: a function and its example arguments
 # ------------------------------------------------------------------------------------------------
 
-def attention_factory(config_name: str):
-    config = load_attention_config(config_name)
-    if config.get("positional_bias"):
+def plain_attention_factory(config_name: str):
+    """``lra.build.attention_factory``; a registered combination with a positional bias is refused:
+    the benchmark measures plain attentions."""
+    if load_attention_config(config_name).get("positional_bias"):
         raise ValueError(f"attention '{config_name}' is a combination with a positional bias; "
                          "benchmark the plain attention instead")
-    _, factory, _ = build_attention(config)
-    return factory
+    return attention_factory(config_name)
 
 
 def layer_case(point: Point, settings: Settings):
@@ -126,7 +126,7 @@ def layer_case(point: Point, settings: Settings):
     dtype = jnp.dtype(point.dtype)
     spec = AttentionSpec(num_heads=settings.layer_heads, head_dim=settings.layer_head_dim,
                          max_length=point.length, dtype=dtype)
-    module = attention_factory(point.attention)(spec, rngs=nnx.Rngs(params=0, dropout=1, attention=2))
+    module = plain_attention_factory(point.attention)(spec, rngs=model_rngs(0))
     graph, state = nnx.split(module)
     shape = (point.batch, point.length, settings.layer_heads, settings.layer_head_dim)
     q, k, v = (jax.random.normal(key, shape, dtype) for key in jax.random.split(jax.random.key(0), 3))
@@ -156,7 +156,7 @@ def encoder_config(point: Point, settings: Settings):
 def encoder_case(point: Point, settings: Settings):
     """The Text encoder on random byte tokens (no padding): (function, example arguments)."""
     cfg, vocab_size = encoder_config(point, settings)
-    model = build_model(cfg, vocab_size, attention_factory(point.attention))
+    model = build_model(cfg, vocab_size, plain_attention_factory(point.attention))
     rng = np.random.default_rng(0)
     batch = {"tokens": jnp.asarray(rng.integers(1, vocab_size, (point.batch, point.length)), jnp.int32),
              "labels": jnp.asarray(rng.integers(0, cfg.task.num_classes, (point.batch,)), jnp.int32),

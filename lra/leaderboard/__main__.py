@@ -1,5 +1,5 @@
-"""``python -m lra.leaderboard``: see the package docstring."""
+"""``python -m lra.leaderboard``: see ``lra.leaderboard.cli``."""
 
-from lra.leaderboard import main
+from lra.leaderboard.cli import main
 
 main()

@@ -26,7 +26,6 @@ import itertools
 import logging
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Iterator
 
 import jax
@@ -34,15 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lra.checkpointing import Preempted, RunCheckpoints, StopRequest
+from lra.checkpointing import RunCheckpoints
 from lra.data import batches as batching
 from lra.data.token_cache import TokenSplit
 from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
+from lra.preemption import Preempted, StopRequest
 from lra.training import sharding
 from lra.training.accumulation import choose_accumulation
 from lra.training.steps import compile_step, make_eval_step, make_train_step
-
-warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 
 @dataclasses.dataclass

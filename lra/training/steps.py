@@ -9,6 +9,8 @@ marks the padding rows of the last evaluation batch.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -95,9 +97,13 @@ def compile_step(step_fn, *example_args, donate_argnums=(), in_shardings=None, o
     """Ahead-of-time compile; the result refuses other shapes instead of silently recompiling.
 
     With shardings (lra.training.sharding) the step runs data-parallel: batches split over the
-    data axis, states replicated, gradients all-reduced by XLA.
+    data axis, states replicated, gradients all-reduced by XLA. Donated arguments that XLA cannot
+    reuse (every buffer on a CPU) are expected: JAX's warning about them is silenced here, for this
+    compilation only.
     """
     shardings = {"in_shardings": in_shardings, "out_shardings": out_shardings}
     jitted = jax.jit(step_fn, donate_argnums=donate_argnums,
                      **{key: value for key, value in shardings.items() if value is not None})
-    return jitted.lower(*example_args).compile()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        return jitted.lower(*example_args).compile()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lra.kernel_card import make_attention  # noqa: F401 - the one way tests build an attention
+from lra.build import make_attention  # noqa: F401 - the one way tests build an attention
 from lra.registry import runnable_attentions
 
 CPU_ATTENTIONS = runnable_attentions("cpu")[0]

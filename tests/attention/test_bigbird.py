@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from flax import nnx
-
 from attention.base import AttentionSpec
 from attention.bigbird import draw_random_blocks
-from lra.build import build_attention
-from lra.registry import ATTENTION_CONFIGS, load_attention_config
+from lra.build import attention_factory, model_rngs
+from lra.registry import ATTENTION_CONFIGS
 from tests.attention.references import dense_pattern_reference
 from tests.attention.scaling import growth_per_doubling
 from tests.attention.sparse_pattern_cases import (assert_matches_pattern, assert_padding_invariant, build,
@@ -66,8 +64,8 @@ def test_pattern_is_fixed_per_layer_and_reproducible_from_the_seed():
     first, again, other_seed = (build("bigbird", 64, block_size=4, seed=s) for s in (0, 0, 1))
     np.testing.assert_array_equal(first.random_blocks[...], again.random_blocks[...])
     assert not np.array_equal(first.random_blocks[...], other_seed.random_blocks[...])
-    _, factory, _ = build_attention(OmegaConf.merge(load_attention_config("bigbird"), {"block_size": 4}))
-    rngs = nnx.Rngs(params=0, dropout=1, attention=2)
+    factory = attention_factory("bigbird", block_size=4)
+    rngs = model_rngs(0)
     layers = [factory(AttentionSpec(num_heads=2, head_dim=4, max_length=64), rngs=rngs) for _ in range(2)]
     assert not np.array_equal(layers[0].random_blocks[...], layers[1].random_blocks[...])  # one draw per layer
     q, k, v, mask = padded_inputs(64, seed=5)

@@ -15,7 +15,7 @@ from attention.base import AttentionSpec
 from attention.fastrpb import FastRPB, fast_fft_length, fastrpb_1d
 from lra.model import Encoder
 from lra.registry import ATTENTION_CONFIGS, runnable_attentions
-from lra.build import build_attention
+from lra.build import build_attention, model_rngs
 from tests.attention.scaling import growth_per_doubling
 from tests.conftest import CONFIG_DIR
 
@@ -232,7 +232,7 @@ def test_memory_grows_linearly():
 def tiny_encoder(attention_factory, positional_bias=None, **overrides):
     kwargs = dict(vocab_size=17, num_classes=3, max_length=16, attention=attention_factory, emb_dim=8,
                   num_heads=2, qkv_dim=8, mlp_dim=8, num_layers=1, pooling="cls",
-                  positional_bias=positional_bias, rngs=nnx.Rngs(params=0, dropout=1, attention=2))
+                  positional_bias=positional_bias, rngs=model_rngs(0))
     kwargs.update(overrides)
     return Encoder(**kwargs)
 
