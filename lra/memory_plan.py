@@ -59,7 +59,7 @@ def plan(overrides: list[str], limits_gb: list[float], vocab_size: int = 256) ->
             break
     label = (f"{cfg.protocol.name} {cfg.task.name}/{cfg.attention.name}: batch {batch_size} x {length} tokens, "
              f"{cfg.model.num_layers} layers x {cfg.model.emb_dim}, {cfg.model.dtype}"
-             f"{', remat' if cfg.model.get('remat') else ''}; backend {jax.default_backend()}, margin {margin:g}")
+             f"{', remat ' + str(cfg.model.remat) if cfg.model.get('remat', 'none') != 'none' else ''}; backend {jax.default_backend()}, margin {margin:g}")
     return {"config": label, "rows": rows, "fits": fits, "params": sum(x.size for x in jax.tree.leaves(
         nnx.state(model, nnx.Param)))}
 
