@@ -35,7 +35,8 @@ def test_end_to_end_at_tiny_shapes(tmp_path):
     softmax, stub = rows["softmax"], rows["no_attention"]
     assert softmax["status"] == stub["status"] == "ok"
     assert (int(softmax["batch"]), int(softmax["length"]), int(softmax["rounds"])) == (2, 32, 3)
-    assert float(softmax["ratio_to_softmax"]) == 1.0
+    assert float(softmax["ratio_to_softmax"]) == 1.0 == float(softmax["cpu_ratio_to_softmax"])
+    assert float(softmax["step_cpu_median_ms"]) > 0
     assert float(softmax["step_p25_ms"]) <= float(softmax["step_median_ms"]) <= float(softmax["step_p75_ms"])
     # the split adds up to the step (cells are written to 6 significant digits)
     parts = sum(float(softmax[key]) for key in ("attention_ms", "rest_ms", "optimizer_ms"))
@@ -67,16 +68,18 @@ def test_rounds_are_interleaved_and_rotated():
 
     class Fake:
         def __init__(self, name):
-            self.name, self.times = name, []
+            self.name, self.times, self.cpu_times, self.last_cpu = name, [], [], 0.0
 
         def call(self):
             calls.append(self.name)
+            self.last_cpu += 1
             return 0.001
 
     timed = {(name, "step"): Fake(name) for name in "abc"}
     step.run_rounds(timed, rounds=3, warmup=1)
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")
     assert all(len(entry.times) == 3 for entry in timed.values())
+    assert all(entry.cpu_times == [2, 3, 4] for entry in timed.values())  # the timed calls' CPU times only
 
 
 def test_task_vocabularies():

@@ -23,7 +23,9 @@ For each attention it measures, on one device:
 
 Calls are timed in interleaved rounds: every round calls every measured function once, in an order
 rotated from round to round, so slow phases of a shared machine hit every attention alike. Reported:
-median and quartiles over the rounds, the ratio to softmax (time / softmax time, same run), the compile
+median and quartiles over the rounds, the ratio to softmax (time / softmax time, same run), the median
+of this process's CPU time per step (all its threads: less disturbed than wall time by other jobs on a
+shared machine, but on an idle machine larger than wall time by the threads' parallelism), the compile
 time (lower + compile), XLA's FLOP estimate of the step (``compiled.cost_analysis()``) and the achieved
 FLOP/s (estimate / median time), and the split of the step by ablation:
 
@@ -67,6 +69,7 @@ NO_ATTENTION = "no_attention"  # the row of the attention-free step
 COLUMNS = (
     "attention", "status", "reason", "batch", "length", "params", "rounds",
     "step_median_ms", "step_p25_ms", "step_p75_ms", "step_min_ms", "ratio_to_softmax",
+    "step_cpu_median_ms", "cpu_ratio_to_softmax",
     "compile_s", "flops", "achieved_gflop_per_s",
     "attention_ms", "rest_ms", "optimizer_ms", "attention_share",
     "optimizer_median_ms", "optimizer_p25_ms", "optimizer_p75_ms", "device",
@@ -125,12 +128,15 @@ class Timed:
     def __init__(self, compiled, states: tuple, batch=None):
         self.compiled, self.states, self.batch = compiled, states, batch
         self.times: list[float] = []
+        self.cpu_times: list[float] = []  # this process's CPU time per timed call (all its threads)
+        self.last_cpu = 0.0
 
     def call(self) -> float:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         outputs = self.compiled(*self.states, *(() if self.batch is None else (self.batch,)))
         jax.block_until_ready(outputs)
         elapsed = time.perf_counter() - start
+        self.last_cpu = time.process_time() - cpu_start
         self.states = tuple(outputs[:len(self.states)])  # donated inputs: continue from the outputs
         return elapsed
 
@@ -215,6 +221,7 @@ def run_rounds(timed: dict, rounds: int, warmup: int) -> None:
         shift = index % len(order)
         for entry in order[shift:] + order[:shift]:
             timed[entry].times.append(timed[entry].call())
+            timed[entry].cpu_times.append(timed[entry].last_cpu)
 
 
 def summarise(rows: dict, timed: dict, rounds: int) -> list[dict]:
@@ -226,6 +233,8 @@ def summarise(rows: dict, timed: dict, rounds: int) -> list[dict]:
                             f"{prefix}_p75_ms": stats["p75"], "rounds": rounds})
         if kind == "step":
             rows[label]["step_min_ms"] = stats["min"]
+            if entry.cpu_times:
+                rows[label]["step_cpu_median_ms"] = float(np.median(entry.cpu_times)) * 1e3
     base = rows.get(BASELINE, {}).get("step_median_ms")
     no_attention = rows.get(NO_ATTENTION, {}).get("step_median_ms")
     for row in rows.values():
@@ -236,6 +245,9 @@ def summarise(rows: dict, timed: dict, rounds: int) -> list[dict]:
             row["achieved_gflop_per_s"] = row["flops"] / (step * 1e-3) / 1e9
         if base:
             row["ratio_to_softmax"] = step / base
+        base_cpu = rows.get(BASELINE, {}).get("step_cpu_median_ms")
+        if base_cpu and row.get("step_cpu_median_ms") is not None:
+            row["cpu_ratio_to_softmax"] = row["step_cpu_median_ms"] / base_cpu
         optimizer = row.get("optimizer_median_ms")
         if row["attention"] != NO_ATTENTION and no_attention is not None and optimizer is not None:
             row.update(attention_ms=step - no_attention, optimizer_ms=optimizer, rest_ms=no_attention - optimizer,
@@ -256,26 +268,30 @@ def markdown_report(rows: list[dict], info: dict, overrides: list[str]) -> str:
              f"Overrides: `{' '.join(overrides)}`; batch {first['batch']} x {first['length']} tokens, "
              f"{info['settings']['rounds']} interleaved rounds after {info['settings']['warmup']} warm-up calls.\n",
              "Step = forward + backward + optimizer update (the training loop's compiled step, states donated). "
-             "Ratio = step median / softmax's step median (same run). attention = step − no_attention step; "
+             "Ratio = step median / softmax's step median (same run); CPU = this process's CPU time per step "
+             "(all its threads; less disturbed by other jobs than wall time). attention = step − no_attention step; "
              "rest = no_attention step − optimizer; optimizer = the update alone (medians).\n"]
     if info["backend"] == "cpu":
         lines.append("**CPU run**: times of a CPU, not of an accelerator.\n")
     table = []
     for row in rows:
         if row["status"] != "ok":
-            table.append([row["attention"], row["status"], row["reason"], "", "", "", "", "", "", "", ""])
+            table.append([row["attention"], row["status"], row["reason"], "", "", "", "", "", "", "", "", ""])
             continue
         quartiles = f"{ms(row.get('step_p25_ms'))}–{ms(row.get('step_p75_ms'))}"
         ratio = row.get("ratio_to_softmax")
         share = row.get("attention_share")
+        cpu_ratio = row.get("cpu_ratio_to_softmax")
         table.append([row["attention"], ms(row.get("step_median_ms")), quartiles,
-                      "" if ratio is None else f"{ratio:.2f}", f"{row['compile_s']:.1f}",
+                      "" if ratio is None else f"{ratio:.2f}",
+                      "" if cpu_ratio is None else f"{ms(row.get('step_cpu_median_ms'))} ({cpu_ratio:.2f}×)",
+                      f"{row['compile_s']:.1f}",
                       "" if not row.get("flops") else f"{row['flops'] / 1e9:.2f}",
                       "" if row.get("achieved_gflop_per_s") is None else f"{row['achieved_gflop_per_s']:.1f}",
                       ms(row.get("attention_ms")), ms(row.get("rest_ms")), ms(row.get("optimizer_ms")),
                       "" if share is None else f"{100 * share:.0f} %"])
-    lines.append(markdown_table(["attention", "step ms (median)", "p25–p75 ms", "× softmax", "compile s",
-                                 "XLA GFLOP", "GFLOP/s", "attention ms", "rest ms", "optimizer ms",
+    lines.append(markdown_table(["attention", "step ms (median)", "p25–p75 ms", "× softmax",
+                                 "CPU ms (× softmax)", "compile s", "XLA GFLOP", "GFLOP/s", "attention ms", "rest ms", "optimizer ms",
                                  "attention share"], table))
     lines.append("\nParameters: " + ", ".join(f"{row['attention']} {row['params']:,}" for row in rows
                                               if row.get("params") is not None) + ".\n")
