@@ -70,7 +70,7 @@ DTYPE ?= float32
 BATCH ?= 32
 BENCH_ARGS ?=
 
-.PHONY: help install wheelhouse lock-variants FORCE sweep run data leaderboard reproduce check-kernel browser bench approx test test-slow lock clean
+.PHONY: help install wheelhouse lock-variants FORCE sweep run data leaderboard reproduce check-kernel browser bench bench-step approx test test-slow lock clean
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
@@ -88,6 +88,7 @@ help:
 	@echo "make install [CUDA=12|13 | TPU=1] [WHEELHOUSE=dir]   .venv from requirements/lock.txt (+ the variant's pins); shows the devices"
 	@echo "make wheelhouse [CUDA=12|13 | TPU=1] [WHEELHOUSE=dir]  every wheel for an install without network"
 	@echo "make bench [LENGTHS=.. MODE=.. DTYPE=.. BATCH=.. ATTENTION=..]  time/memory vs length -> results/bench/"
+	@echo "make bench-step PRESET=pytorch_lineage TASK=listops [ATTENTION=..]  training-step time per attention -> results/bench/"
 	@echo "make approx [LENGTHS=.. ATTENTION=..]  approximation error vs length and budget -> results/bench/"
 
 # Reinstalled when the pins change or another variant is asked for (FORCE).
@@ -151,6 +152,11 @@ browser:
 bench: install
 	$(PY) -m lra.bench.efficiency --lengths $(LENGTHS) --mode $(MODE) --dtype $(DTYPE) --batch $(BATCH) \
 		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS)
+
+# bench-step: the training step (forward + backward + update) of PRESET x TASK per attention, interleaved
+# rounds; ARGS are Hydra overrides (e.g. ARGS="task.max_length=512 train.batch_size=8"), BENCH_ARGS flags.
+bench-step: install
+	$(PY) -m lra.bench.step $(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS) protocol=$(PRESET) task=$(TASK) $(ARGS)
 
 # approx sweeps LENGTHS up to 4096 unless given (its O(n^2) targets are computed on the host device).
 approx: install

@@ -84,6 +84,26 @@ def segment_assignment(segment_mask: jax.Array, num_landmarks: int) -> jax.Array
     return one_hot & segment_mask[..., None]
 
 
+def segment_means_of(x: jax.Array, key_mask: jax.Array, num_landmarks: int,
+                     segment_means: str = "real_tokens") -> tuple[jax.Array, jax.Array]:
+    """Means of x (batch, n, heads, e) over the landmark segments -> ((batch, heads, m, e), non-empty (batch, m)).
+
+    ``real_tokens``: the segments of ``segment_assignment`` over the real tokens (a one-hot product,
+    O(n m e)). ``with_padding``: position j goes to segment floor(j m / n), the same for every example;
+    when m divides n that is n/m consecutive positions per segment, summed by a reshape in O(n e).
+    """
+    batch, n, heads, width = x.shape
+    m = num_landmarks
+    if segment_means == "with_padding" and n % m == 0:
+        sums = x.reshape(batch, m, n // m, heads, width).sum(axis=2)     # (b, m, h, e)
+        return jnp.swapaxes(sums, 1, 2) / (n // m), jnp.ones((batch, m), bool)
+    segment_mask = key_mask if segment_means == "real_tokens" else jnp.ones_like(key_mask)
+    assign = segment_assignment(segment_mask, m).astype(x.dtype)          # (b, n, m)
+    counts = assign.sum(axis=1)                                           # (b, m)
+    sums = jnp.einsum("bnm,bnhe->bhme", assign, x)
+    return sums / jnp.maximum(counts, 1)[:, None, :, None], counts > 0
+
+
 def _masked_softmax(logits: jax.Array, keep: jax.Array) -> jax.Array:
     return jax.nn.softmax(jnp.where(keep, logits, MASKED_LOGIT), axis=-1)
 
@@ -92,17 +112,53 @@ def depthwise_conv(v: jax.Array, key_mask: jax.Array, kernel: jax.Array) -> jax.
     """Per-head 1-D cross-correlation along the sequence of V ⊙ mask; kernel (heads, k), k odd.
 
     out[b, i, h, :] = sum_t kernel[h, t] · (m v)[b, i + t - k//2, h, :], zero outside [0, n).
+
+    Computed as k shifted multiply-adds (one fused pass; XLA's grouped convolution with one group per
+    channel is many times slower on CPU), with a hand-written backward: the input's gradient is the
+    same shift-and-add with the kernel reversed, the kernel's gradient one ungrouped convolution per head.
     """
-    batch, n, heads, dim = v.shape
+    if kernel.shape[-1] % 2 == 0:
+        raise ValueError(f"depthwise_conv needs an odd kernel size, got {kernel.shape[-1]}")
+    return _shift_conv(v * key_mask[:, :, None, None].astype(v.dtype), kernel.astype(v.dtype))
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """sum_t kernel[h, t] · x[b, i + t - k//2, h, :] with zeros outside the sequence."""
+    n, size = x.shape[1], kernel.shape[-1]
+    padded = jnp.pad(x, ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
+    out = kernel[:, 0, None] * padded[:, :n]
+    for t in range(1, size):
+        out = out + kernel[:, t, None] * padded[:, t:t + n]
+    return out
+
+
+@jax.custom_vjp
+def _shift_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _shifted_sum(x, kernel)
+
+
+def _shift_conv_forward(x, kernel):
+    return _shifted_sum(x, kernel), (x, kernel)
+
+
+def _shift_conv_backward(residuals, grad):
+    x, kernel = residuals
+    batch, n, heads, dim = x.shape
     size = kernel.shape[-1]
-    x = (v * key_mask[:, :, None, None]).reshape(batch, n, heads * dim)
-    rhs = jnp.repeat(kernel.astype(v.dtype), dim, axis=0).T[:, None, :]  # (k, 1, heads*dim)
-    out = jax.lax.conv_general_dilated(
-        x, rhs, window_strides=(1,), padding=[(size // 2, size // 2)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=heads * dim,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    return out.reshape(batch, n, heads, dim)
+    grad_x = _shifted_sum(grad, kernel[:, ::-1])  # out[i] uses x[i + t - c]: x[j] feeds out[j - t + c]
+    # grad_kernel[h, t] = sum_{b, i, d} grad[b, i, h, d] · x[b, i + t - c, h, d]: per head, a correlation of
+    # the padded x with grad over the (b, d) channels, k outputs.
+    padded = jnp.pad(x, ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
+    lhs = padded.transpose(2, 1, 0, 3).reshape(heads, 1, n + size - 1, batch * dim)   # per head: N=1, W, C
+    rhs = grad.transpose(2, 1, 0, 3).reshape(heads, n, batch * dim, 1)               # per head: W, I, O=1
+    correlate = lambda l, r: jax.lax.conv_general_dilated(
+        l, r, window_strides=(1,), padding="VALID", dimension_numbers=("NWC", "WIO", "NWC"),
+        precision=jax.lax.Precision.HIGHEST)
+    grad_kernel = jax.vmap(correlate)(lhs, rhs).reshape(heads, size)
+    return grad_x, grad_kernel
+
+
+_shift_conv.defvjp(_shift_conv_forward, _shift_conv_backward)
 
 
 def nystrom_attention(q, k, v, key_mask, *, num_landmarks: int = 64, pinv_iterations: int = 6,
@@ -130,12 +186,11 @@ def nystrom_attention(q, k, v, key_mask, *, num_landmarks: int = 64, pinv_iterat
     k_t = jnp.where(real, k.astype(dtype) * scale, 0)
     v_t = jnp.where(real, v.astype(dtype), 0)
 
-    segment_mask = key_mask if segment_means == "real_tokens" else jnp.ones_like(key_mask)
-    assign = segment_assignment(segment_mask, m).astype(dtype)           # (b, n, m)
-    counts = assign.sum(axis=1)                                          # (b, m)
-    valid = counts > 0                                                   # non-empty segments
-    landmark = lambda x: jnp.einsum("bnm,bnhd->bhmd", assign, x) / jnp.maximum(counts, 1)[:, None, :, None]
-    q_l, k_l = landmark(q_t), landmark(k_t)                              # (b, h, m, d)
+    # Landmarks of Q, K (and V for the exact fallback) in one pass over the tokens.
+    fallback = exact_fallback and segment_means == "real_tokens"
+    stacked = jnp.concatenate([q_t, k_t, v_t] if fallback else [q_t, k_t], axis=-1)  # (b, n, h, 2d | 3d)
+    means, valid = segment_means_of(stacked, key_mask, m, segment_means)  # (b, h, m, .), (b, m)
+    q_l, k_l = means[..., :dim], means[..., dim:2 * dim]                 # (b, h, m, d)
 
     keep_landmark = valid[:, None, None, :]
     f1 = _masked_softmax(jnp.einsum("bnhd,bhmd->bhnm", q_t, k_l), keep_landmark)
@@ -145,14 +200,13 @@ def nystrom_attention(q, k, v, key_mask, *, num_landmarks: int = 64, pinv_iterat
 
     z = iterative_pinv(a, pinv_iterations, pinv_init)
     f3v = jnp.einsum("bhmn,bnhd->bhmd", f3, v_t)
-    out = jnp.einsum("bhnm,bhmd->bnhd", f1, z @ f3v)
-
-    if exact_fallback and segment_means == "real_tokens":
-        # L <= m: one real token per non-empty segment, so F1 · V_L is exact softmax attention.
-        exact = jnp.einsum("bhnm,bhmd->bnhd", f1, landmark(v_t))
+    landmark_values = z @ f3v                                            # (b, h, m, d)
+    if fallback:
+        # L <= m: one real token per non-empty segment, so F1 · V_L is exact softmax attention. Both
+        # outputs are F1 times an (m, d) matrix: pick the matrix per example, one product with F1.
         covered = key_mask.sum(axis=-1) <= m
-        out = jnp.where(covered[:, None, None, None], exact, out)
-    return out.astype(q.dtype)
+        landmark_values = jnp.where(covered[:, None, None, None], means[..., 2 * dim:], landmark_values)
+    return jnp.einsum("bhnm,bhmd->bnhd", f1, landmark_values).astype(q.dtype)
 
 
 class NystromAttention(nnx.Module):

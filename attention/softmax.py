@@ -4,10 +4,11 @@
 
 with padded keys removed from every softmax row. Two computational paths, same math:
 
-- ``implementation: xla`` (default, any device): ``jax.nn.dot_product_attention`` on XLA, which
-  materialises the (heads, n, n) logits: O(n^2) time and memory. When attention dropout is active
-  (training with ``dropout_rate > 0``) the weights are formed explicitly so dropout can be applied to
-  them, as in the official LRA and PyTorch harnesses.
+- ``implementation: xla`` (default, any device): two einsums around a float32 softmax, which
+  materialise the (heads, n, n) logits: O(n^2) time and memory. When attention dropout is active
+  (training with ``dropout_rate > 0``) dropout is applied to these weights, as in the official LRA
+  and PyTorch harnesses. (``jax.nn.dot_product_attention(implementation="xla")`` computes the same
+  numbers but its forward + backward was 2.5x slower on CPU at (8, 1024, 2, 32): docs/benchmarks.md.)
 - ``implementation: cudnn`` (GPU only): the cuDNN fused flash-attention kernel, O(n) memory. cuDNN
   accepts only half precision, so q, k, v are cast to ``flash_dtype`` (bf16) for the kernel and the
   output is cast back; padding is passed as per-example lengths, which assumes right padding (the
@@ -45,11 +46,9 @@ def apply_weights(weights: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def softmax_attention(q, k, v, key_mask, *, implementation: str = "xla", flash_dtype=jnp.bfloat16):
-    """Eq. 1 through ``jax.nn.dot_product_attention`` (no dropout)."""
+    """Eq. 1 without dropout: explicit weights on XLA, or the cuDNN flash kernel."""
     if implementation == "xla":
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=key_mask[:, None, None, :], implementation="xla"
-        )
+        return apply_weights(softmax_attention_weights(q, k, key_mask), v)
     if implementation == "cudnn":
         lengths = key_mask.sum(axis=-1).astype(jnp.int32)
         out = jax.nn.dot_product_attention(

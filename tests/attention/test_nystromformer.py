@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attention.base import AttentionSpec
-from attention.nystromformer import NystromAttention, nystrom_attention, segment_assignment
+from attention.nystromformer import NystromAttention, depthwise_conv, nystrom_attention, segment_assignment
 from tests.attention.references import softmax_reference
 from tests.attention.registry_fixtures import make_attention
 from tests.attention.scaling import growth_per_doubling
@@ -57,9 +57,9 @@ def nystrom_reference(q, k, v, mask, m, kernel=None, segment_means="real_tokens"
             if len(real) <= m:
                 continue
             segments = _segments_of(list(real), m)
-        else:  # the authors' form: n/m consecutive positions, pads counted as zero rows
-            assert n % m == 0 and n > m
-            segments = [list(range(l * n // m, (l + 1) * n // m)) for l in range(m)]
+        else:  # the authors' form: position j to segment floor(j m / n) (n/m consecutive positions when
+            assert n > m  # m divides n), pads counted as zero rows
+            segments = [[j for j in range(n) if j * m // n == l] for l in range(m)]
         for h in range(heads):
             qt = q[b, :, h] * d ** -0.25 * mask[b][:, None]
             kt = k[b, :, h] * d ** -0.25 * mask[b][:, None]
@@ -142,6 +142,45 @@ def test_authors_pad_including_means_quirk():
         longer = [np.concatenate([t, np.zeros((2, 4, 2, 4))], axis=1) for t in (q, k, v)]
         padded = run(*longer, np.concatenate([mask, np.zeros((2, 4), bool)], axis=1))
     assert np.abs(padded[1, :7] - out[1, :7]).max() > 1e-3
+
+
+def test_authors_means_when_landmarks_do_not_divide_the_length():
+    """with_padding at n = 14, m = 4 (segments of 3 or 4 positions: the general path, not the reshape)."""
+    q, k, v = _inputs(11, 2, 14)
+    mask = np.ones((2, 14), bool)
+    mask[1, 9:] = False
+    with jax.enable_x64(True):
+        out = np.asarray(_nystrom(*(jnp.asarray(t) for t in (q, k, v, mask)), num_landmarks=4, pinv_iterations=40,
+                                  segment_means="with_padding"))
+    np.testing.assert_allclose(out[mask], nystrom_reference(q, k, v, mask, 4, segment_means="with_padding")[mask],
+                               rtol=1e-9, atol=1e-10)
+
+
+def test_conv_skip_and_its_gradients_match_brute_force():
+    """The shift-and-add conv with its hand-written backward: output, input and kernel gradients (float64)."""
+    rng = np.random.default_rng(12)
+    v, g = rng.normal(size=(2, 9, 2, 3)), rng.normal(size=(2, 9, 2, 3))
+    kernel = rng.normal(size=(2, 5))
+    mask = np.ones((2, 9), bool)
+    mask[0, [2, 3]] = False
+    mask[1, 6:] = False
+    with jax.enable_x64(True):
+        loss = lambda v, kernel: jnp.sum(depthwise_conv(v, jnp.asarray(mask), kernel) * g)
+        out = np.asarray(jax.jit(depthwise_conv)(jnp.asarray(v), jnp.asarray(mask), jnp.asarray(kernel)))
+        grad_v, grad_kernel = (np.asarray(x) for x in jax.jit(jax.grad(loss, argnums=(0, 1)))(
+            jnp.asarray(v), jnp.asarray(kernel)))
+    np.testing.assert_allclose(out, _conv_reference(v, mask, kernel), rtol=1e-12, atol=1e-12)
+    c = kernel.shape[1] // 2
+    expected_v, expected_kernel = np.zeros_like(v), np.zeros_like(kernel)
+    for b in range(2):
+        for i in range(9):
+            for t in range(5):
+                j = i + t - c  # out[b, i] += kernel[:, t] * mask[b, j] * v[b, j]
+                if 0 <= j < 9 and mask[b, j]:
+                    expected_v[b, j] += kernel[:, t, None] * g[b, i]
+                    expected_kernel[:, t] += (g[b, i] * v[b, j]).sum(axis=-1)
+    np.testing.assert_allclose(grad_v, expected_v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_kernel, expected_kernel, rtol=1e-12, atol=1e-12)
 
 
 def test_one_token_per_landmark_without_fallback_is_softmax():
