@@ -211,7 +211,7 @@ def test_remat_gives_the_same_outputs_and_gradients(compose):
 
 def test_remat_reaches_both_towers_of_a_dual_encoder(compose):
     model, _ = _parts(compose, "task=retrieval", "model.remat=block")
-    assert model.tower.remat and not _parts(compose, "task=retrieval")[0].tower.remat
+    assert model.tower.remat_blocks and not _parts(compose, "task=retrieval")[0].tower.remat_blocks
 
 
 def test_memory_plan_compiles_without_data_and_names_the_fitting_micro_batch(tmp_path):

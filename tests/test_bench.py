@@ -232,6 +232,7 @@ def test_run_dir_without_restore_module_says_what_is_missing(monkeypatch):
         approximation.checkpoint_inputs("some/run", 0, 2)
 
 
+@pytest.mark.slow  # the approximation functions are tested one by one above
 def test_approximation_end_to_end_writes_csv_and_plots(tmp_path):
     plan = OmegaConf.merge(OmegaConf.load(approximation.PLAN), {"fastfood_reference_draws": 4})  # cheaper target
     OmegaConf.save(plan, tmp_path / "plan.yaml")

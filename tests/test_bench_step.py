@@ -25,6 +25,7 @@ def read_csv(path):
         return {row["attention"]: row for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow  # the whole benchmark; its parts are tested below
 def test_end_to_end_at_tiny_shapes(tmp_path):
     directory = step.main(["--attention", "softmax,not_an_attention", "--rounds", "3", "--warmup", "1",
                            "--output-root", str(tmp_path), "--name", "tiny", *TINY])

@@ -160,7 +160,7 @@ def optax_free_cross_entropy(logits, labels):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
 
-@pytest.mark.parametrize("attention", ["softmax", "performer"])
+@pytest.mark.parametrize("attention", ["softmax", pytest.param("performer", marks=pytest.mark.slow)])
 def test_remat_attention_changes_no_number(attention):
     """Same loss, gradients and RNG state with the attention rematerialised: softmax with attention
     dropout 0.3, Performer redrawing its features at every call (both draw inside the recomputed call)."""

@@ -132,7 +132,7 @@ def test_dual_encoder_encodes_each_document_alone_with_one_shared_tower(duals):
         model(tokens[:, :12], deterministic=True)
 
 
-@pytest.mark.parametrize("interaction", ["concat", "nli"])
+@pytest.mark.parametrize("interaction", ["concat", pytest.param("nli", marks=pytest.mark.slow)])
 def test_tiny_training_run(release, tmp_path, interaction):
     from lra.train import run
 

@@ -42,6 +42,7 @@ def test_single_run_writes_run_dir_and_record(compose, tmp_path):
     assert list(table["run_id"]) == [record["run_id"]]
 
 
+@pytest.mark.slow  # a whole run twice; tests/test_train_step.py pins one step's numbers in the default suite
 def test_same_seed_same_numbers(compose, tmp_path):
     first = run(compose("attention=linear", f"run_dir={tmp_path / 'a'}"))
     second = run(compose("attention=linear", f"run_dir={tmp_path / 'b'}"))
@@ -110,6 +111,7 @@ def _cli(module, *overrides, cwd):
 
 # The basic launcher's sweep runs in tests/test_new_kernel.py (through `make sweep`); this one runs
 # the same multirun as parallel submitit jobs.
+@pytest.mark.slow  # parallel submitit jobs; the basic launcher runs in the default suite (test_new_kernel)
 @pytest.mark.parametrize("launcher", ["local_parallel"])
 def test_sweep_over_two_attentions_writes_rows_and_leaderboard(tmp_path, launcher):
     result = _cli("lra.train", "--multirun", *TINY_OVERRIDES, "attention=softmax,linear",
@@ -139,6 +141,7 @@ def test_unknown_attention_is_a_clear_error(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow  # two trainings; the add-on itself is tested in tests/attention/test_fastrpb.py
 def test_positional_bias_combinations(compose, tmp_path):
     """A registered combination and a command-line add-on both train and get their own row name."""
     plain = run(compose("attention=sikf", f"run_dir={tmp_path / 'plain'}"))

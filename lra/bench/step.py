@@ -84,17 +84,13 @@ def task_vocab_size(task_cfg) -> int:
 
         return len(vocab_for(task_cfg.get("tokenizer", "fixed")))
     if name in ("text", "retrieval"):
-        from lra.data.retrieval import VOCAB  # byte-level: pad + 256 bytes, the Text pipeline's ids too
+        from lra.data.encodings import BYTE_VOCAB  # pad + 256 bytes
 
-        return len(VOCAB)
-    if name == "image":
-        from lra.data.image import VOCAB
+        return len(BYTE_VOCAB)
+    if name in ("image", "pathfinder", "pathx"):
+        from lra.data.encodings import PIXEL_VOCAB  # gray level 0..255
 
-        return len(VOCAB)
-    if name in ("pathfinder", "pathx"):
-        from lra.data.pathfinder import VOCAB
-
-        return len(VOCAB)
+        return len(PIXEL_VOCAB)
     raise ValueError(f"task={name}: no known vocabulary; give --vocab-size")
 
 

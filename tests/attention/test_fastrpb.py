@@ -255,7 +255,14 @@ def padded_logits(model, real, totals):
     return outputs
 
 
-@pytest.mark.parametrize("attention_name", runnable_attentions("cpu")[0])
+# The default suite composes the add-on with one attention of each kind (exact, kernel, landmark,
+# sparse pattern, hashing); `make test-slow` with every registered one.
+COMPOSITION_SAMPLE = {"softmax", "linear", "performer", "skyformer", "mra2", "local", "reformer"}
+
+
+@pytest.mark.parametrize("attention_name", [
+    name if name in COMPOSITION_SAMPLE else pytest.param(name, marks=pytest.mark.slow)
+    for name in runnable_attentions("cpu")[0]])
 def test_composes_with_every_registered_attention(attention_name):
     """Encoder(attention YAML + fastrpb YAML): finite, padding-invariant with an O(1) bias term, and the
     term changes the output.
