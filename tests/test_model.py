@@ -29,8 +29,10 @@ def padded_tokens(real_tokens: np.ndarray, total: int) -> jnp.ndarray:
     return jnp.asarray(out)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-@pytest.mark.parametrize("pos_emb", ["sinusoidal", "learned"])
+# Each option once in the default suite; every combination with `make test-slow`.
+@pytest.mark.parametrize("pooling, pos_emb", [
+    ("cls", "sinusoidal"), ("mean", "learned"),
+    pytest.param("mean", "sinusoidal", marks=pytest.mark.slow), pytest.param("cls", "learned", marks=pytest.mark.slow)])
 def test_logits_shape(pooling, pos_emb):
     model = tiny_encoder(pooling=pooling, pos_emb=pos_emb)
     tokens = jnp.asarray(np.random.default_rng(0).integers(1, 17, (3, 40)), jnp.int32)
@@ -38,8 +40,9 @@ def test_logits_shape(pooling, pos_emb):
     assert model(tokens, deterministic=False).shape == (3, 10)
 
 
-@pytest.mark.parametrize("attention", [SoftmaxAttention, LinearAttention])
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("attention, pooling", [
+    (SoftmaxAttention, "cls"), (LinearAttention, "cls"), (LinearAttention, "mean"),
+    pytest.param(SoftmaxAttention, "mean", marks=pytest.mark.slow)])
 def test_encoder_output_is_padding_invariant(attention, pooling):
     model = tiny_encoder(attention, pooling=pooling)
     real = np.random.default_rng(1).integers(1, 17, (2, 17))

@@ -1,9 +1,11 @@
 """Brute-force float64 NumPy references of each family's own math (loops over batch and head), and the
-padded inputs the family tests compare on."""
+padded inputs the family tests compare on, and a masked-loss gradient helper."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 
 def softmax_reference(q, k, v, key_mask):
@@ -73,3 +75,20 @@ def padded_qkv(seed=0, batch=2, length=10, heads=2, dim=4, dtype=np.float64):
     mask[0, 5] = False  # ... and a hole
     mask[1, 7:] = False  # right padding
     return q, k, v, mask
+
+
+def masked_input_grads(attention, q, k, v, mask, deterministic: bool):
+    """Gradients of a masked loss of ``attention``'s output with respect to q, k, v (jit-compiled).
+
+    The loss sums the output at real positions plus a small square term, so every real query, key
+    and value that the attention uses gets a gradient; the output keeps q's dtype (asserted)."""
+    @nnx.jit(static_argnums=4)
+    def grads(attention, q, k, v, deterministic):
+        def loss(attention, q, k, v):
+            out = attention(q, k, v, mask, deterministic=deterministic)
+            assert out.dtype == q.dtype
+            out = out.astype(jnp.float32)
+            return (out * mask[:, :, None, None]).sum() + 1e-3 * (out ** 2).sum()
+        return nnx.grad(loss, argnums=(1, 2, 3))(attention, q, k, v)
+
+    return grads(attention, q, k, v, deterministic)

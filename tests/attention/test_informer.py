@@ -13,6 +13,7 @@ from flax import nnx
 from attention.base import AttentionSpec
 from attention.informer import informer_attention, informer_sizes, sample_key_positions
 from tests.attention.references import padded_qkv as _inputs
+from tests.attention.references import masked_input_grads
 from tests.attention.references import softmax_reference
 from tests.attention.registry_fixtures import make_attention
 from tests.attention.scaling import growth_per_doubling
@@ -195,17 +196,8 @@ def test_finite_gradients_with_lazy_queries(dtype):
     mask = jnp.asarray(mask)
     attention = make_attention("informer", AttentionSpec(num_heads=2, head_dim=4, max_length=20), factor=1)
 
-    @nnx.jit(static_argnums=4)
-    def grads(attention, q, k, v, deterministic):
-        def loss(attention, q, k, v):
-            out = attention(q, k, v, mask, deterministic=deterministic)
-            assert out.dtype == dtype
-            out = out.astype(jnp.float32)
-            return (out * mask[:, :, None, None]).sum() + 1e-3 * (out ** 2).sum()
-        return nnx.grad(loss, argnums=(1, 2, 3))(attention, q, k, v)
-
     for deterministic in (True, False):
-        result = grads(attention, q, k, v, deterministic)
+        result = masked_input_grads(attention, q, k, v, mask, deterministic)
         for g in result:
             assert g.dtype == dtype and np.isfinite(np.asarray(g, np.float32)).all()
         assert float(jnp.abs(result[0][:2].astype(jnp.float32)).sum()) > 0  # active queries get gradients

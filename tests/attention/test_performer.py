@@ -221,7 +221,7 @@ def test_householder_qr_is_lapacks_qr(d):
     assert (np.sign(np.asarray(diagonal32)) == np.sign(np.diagonal(r_lapack, axis1=-2, axis2=-1))).all()
 
 
-@pytest.mark.parametrize("legacy_qr_signs", [False, True])
+@pytest.mark.parametrize("legacy_qr_signs", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_draws_are_those_of_the_lapack_qr_for_the_same_key(legacy_qr_signs):
     """The same key gives the same W as the former jnp.linalg.qr form (to float32 round-off), so the
     features' distribution is unchanged, with and without the sign correction."""

@@ -1,5 +1,5 @@
 """Skyformer and exact kernelized attention: float64 brute-force references of their own math, the
-exact limits of attention-families.md section 5, landmark sampling, randomness, memory scaling."""
+exact limits of the method (landmarks = all tokens, gamma -> 0), landmark sampling, randomness, memory scaling."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from attention.base import AttentionSpec
 from attention.skyformer import (gather_rows, kernelized_attention, normalized_landmark_kernel, real_positions,
                                  sample_landmarks, scale_and_mask, skyformer_attention)
 from tests.attention.references import padded_qkv as _inputs
+from tests.attention.references import masked_input_grads
 from tests.attention.registry_fixtures import make_attention
 from tests.attention.scaling import growth_per_doubling
 
@@ -242,17 +243,8 @@ def test_finite_gradients(name, dtype):
     mask = jnp.asarray(mask)
     attention = _module(name, num_landmarks=8) if name == "skyformer" else _module(name)
 
-    @nnx.jit(static_argnums=4)
-    def grads(attention, q, k, v, deterministic):
-        def loss(attention, q, k, v):
-            out = attention(q, k, v, mask, deterministic=deterministic)
-            assert out.dtype == dtype
-            out = out.astype(jnp.float32)
-            return (out * mask[:, :, None, None]).sum() + 1e-3 * (out ** 2).sum()
-        return nnx.grad(loss, argnums=(1, 2, 3))(attention, q, k, v)
-
     # Training mode (fresh landmarks / dropout); evaluation-mode fp32 gradients are in test_conformance.
-    result = grads(attention, q, k, v, False)
+    result = masked_input_grads(attention, q, k, v, mask, False)
     for g in result:
         assert g.dtype == dtype and np.isfinite(np.asarray(g, np.float32)).all()
     assert float(jnp.abs(result[0][0, 2:5].astype(jnp.float32)).sum()) > 0  # real queries get gradients
