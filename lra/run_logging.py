@@ -346,3 +346,11 @@ class RunProgress:
         elif exc[0] is None:
             self.fields["phase"] = "done"
             self._line(force=True)
+
+
+def quiet_library_logs() -> None:
+    """Silence library chatter that reads like a problem: JAX's "Unable to initialize backend 'tpu'"
+    on machines without one, TensorFlow's C++ banner, Orbax's INFO line per checkpoint save (absl)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)

@@ -23,6 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from lra.run_logging import quiet_library_logs
+
 SWEEP_ID_VARIABLE = "LRA_SWEEP_ID"  # read by lra.train into each record's `sweep_id`
 NOT_RUN: list[str] = []  # "task/attention seed s: why" of jobs lra.train refused in this process
 
@@ -56,8 +58,17 @@ def sweep_pointers(results_dir: str | Path, runs: list[dict]) -> list[str]:
     if offline:
         lines.append(f"W&B: {len(offline)} offline run(s), e.g. {offline[0]}; to upload them (needs network and "
                      "`wandb login`):")
-        lines.append("  wandb sync " + " ".join(shlex.quote(str(d)) for d in offline))
+        lines.append("  wandb sync " + " ".join(_sync_arguments(offline)))
     return lines
+
+
+def _sync_arguments(offline: list[Path]) -> list[str]:
+    """The offline run folders as ``wandb sync`` arguments: listed one by one for a few runs; for more,
+    one glob per sweep folder (``<sweep dir>/*/wandb/offline-run-*``) so the command stays readable."""
+    if len(offline) <= 3:
+        return [shlex.quote(str(d)) for d in offline]
+    sweep_dirs = sorted({d.parents[2] for d in offline})
+    return [f"{shlex.quote(str(folder))}/*/wandb/offline-run-*" for folder in sweep_dirs]
 
 
 class SweepCallback(Callback):
@@ -68,6 +79,7 @@ class SweepCallback(Callback):
         self.sweep_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        quiet_library_logs()
         self.sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         os.environ[SWEEP_ID_VARIABLE] = self.sweep_id
         if self.check:

@@ -41,7 +41,7 @@ from lra.preemption import EXIT_PREEMPTED, Preempted, StopRequest
 from lra.result_record import NO_ACCURACY, make_record
 from lra.results import RECORDS, new_run_id, write_record
 from lra.run_identity import RunIdentity, changed_from_defaults, checkpoint_directory, explain_fresh_start, run_identity
-from lra.run_logging import RunProgress, run_costs, run_sinks, run_summary_line
+from lra.run_logging import RunProgress, quiet_library_logs, run_costs, run_sinks, run_summary_line
 from lra.sweep import NOT_RUN, SWEEP_ID_VARIABLE
 from lra.training.loop import DivergenceError, LoopConfig, progress_total, train_and_evaluate
 from lra.training.sharding import initialize_distributed, is_primary
@@ -211,9 +211,7 @@ def _discard(step: int, split: str, metrics: dict) -> None:
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" noise
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO through absl
+    quiet_library_logs()
     initialize_distributed(cfg.distributed.initialize)  # before anything touches a device
     try:
         record = run(cfg)

@@ -99,3 +99,15 @@ def test_sweep_pointers_name_pages_plots_and_wandb_sync(tmp_path):
     assert lines[1] == f"plots: {results / 'leaderboard_accuracy_vs_speed.png'}"
     assert lines[-1] == f"  wandb sync {run_dir / 'wandb' / 'offline-run-20260101_000000-abc'}"
     assert sweep_pointers(tmp_path / "nothing", []) == []
+
+
+def test_sweep_pointers_sync_many_runs_with_one_glob_per_sweep_folder(tmp_path):
+    sweep = tmp_path / "multirun" / "listops" / "2026-01-01_00-00-00"
+    runs = []
+    for index in range(5):
+        offline = sweep / f"{index}_softmax_seed{index}" / "wandb" / f"offline-run-2026010{index}_000000-x{index}"
+        offline.mkdir(parents=True)
+        runs.append({"run_dir": str(offline.parents[1])})
+    line = sweep_pointers(tmp_path / "results", runs)[-1]
+    assert line == f"  wandb sync {sweep}/*/wandb/offline-run-*"
+    assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 5  # the glob names every run, nothing else
