@@ -8,8 +8,8 @@ Compiles (never runs) the run's train step on the local backend for micro-batche
 compiled memory of each (arguments + outputs + temporaries - aliased, as ``train.micro_batch=auto``
 measures it), then the largest micro-batch that fits each ``--limits`` size in GiB less
 ``train.memory_margin``. It stops once the smallest limit is met. No data is read: the token
-embedding is built for ``--vocab-size`` entries (256, a byte vocabulary, covers every LRA task;
-it changes the figures by vocab x emb_dim parameters only). Figures compiled for a CPU are XLA's
+embedding is built for the task's vocabulary (``lra.data.tasks.task_vocab_size``; ``--vocab-size``
+overrides it). Figures compiled for a CPU are XLA's
 CPU buffer assignment, an estimate for a GPU (whose fusions differ); on the GPU itself they are
 what ``auto`` will see. Arguments after the flags are Hydra overrides of the run config.
 """
@@ -25,18 +25,18 @@ from flax import nnx
 from hydra import compose, initialize_config_dir
 
 from lra.build import build_run
-from lra.data.tasks import batch_length
+from lra.data.tasks import batch_length, task_vocab_size
 from lra.metrics import compiled_memory
 from lra.registry import ATTENTION_CONFIGS
 from lra.training.accumulation import GIB, micro_batch_sizes
 from lra.training.steps import compile_step, make_train_step
 
 
-def plan(overrides: list[str], limits_gb: list[float], vocab_size: int = 256) -> dict:
+def plan(overrides: list[str], limits_gb: list[float], vocab_size: int | None = None) -> dict:
     """{"config": ..., "rows": [(micro_batch, accum_steps, bytes)], "fits": {limit: micro_batch | None}}."""
     with initialize_config_dir(config_dir=str(ATTENTION_CONFIGS.parent), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    model, optimizer, _ = build_run(cfg, vocab_size)
+    model, optimizer, _ = build_run(cfg, vocab_size or task_vocab_size(cfg.task))
     model_graph, model_state = nnx.split(model)
     optimizer_graph, optimizer_state = nnx.split(optimizer)
     batch_size, length = int(cfg.train.batch_size), batch_length(cfg.task)
@@ -67,7 +67,7 @@ def plan(overrides: list[str], limits_gb: list[float], vocab_size: int = 256) ->
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limits", default="40,80", help="device memory sizes in GiB, comma-separated")
-    parser.add_argument("--vocab-size", type=int, default=256)
+    parser.add_argument("--vocab-size", type=int, default=None, help="default: the task's vocabulary")
     parser.add_argument("--remat", action="store_true", help="the same with model.remat=block")
     args, overrides = parser.parse_known_args(argv)
     overrides = [*overrides, "logger=csv", *(["model.remat=block"] if args.remat else [])]

@@ -15,6 +15,7 @@ from flax import nnx
 from lra.bench import step
 from lra.build import build_attention, build_model, task_attention_config
 from lra.model import count_parameters
+from lra.data.tasks import task_vocab_size
 
 TINY = ["protocol=smoke", "task=listops", "task.max_length=32", "train.batch_size=2", "model.emb_dim=16",
         "model.qkv_dim=16", "model.mlp_dim=16", "model.num_layers=1"]
@@ -85,10 +86,10 @@ def test_rounds_are_interleaved_and_rotated():
 
 def test_task_vocabularies():
     cfg = step.compose_config(["task=listops"])
-    assert step.task_vocab_size(cfg.task) == 17
-    assert step.task_vocab_size(step.compose_config(["task=listops", "task.tokenizer=legacy_alnum"]).task) == 16
-    assert step.task_vocab_size(step.compose_config(["task=text"]).task) == 257
-    assert step.task_vocab_size(step.compose_config(["task=image"]).task) == 256
+    assert task_vocab_size(cfg.task) == 17
+    assert task_vocab_size(step.compose_config(["task=listops", "task.tokenizer=legacy_alnum"]).task) == 16
+    assert task_vocab_size(step.compose_config(["task=text"]).task) == 257
+    assert task_vocab_size(step.compose_config(["task=image"]).task) == 256
 
 
 @pytest.mark.parametrize("vocab,params", [(17, 208_842), (32, 209_802)])

@@ -10,7 +10,7 @@ the optimizer and the batch shape are exactly those of ``python -m lra.train`` w
 the model comes from ``lra.build``, the optimizer from ``lra.training.optimizer`` and the step is
 ``lra.training.steps.make_train_step`` compiled as the training loop compiles it (states donated). No
 data is read: the batch is random tokens in ``[1, vocab)`` without padding (every row full length; the
-step's cost does not depend on the token values), the vocabulary that of the task (``task_vocab_size``).
+step's cost does not depend on the token values), the vocabulary that of the task (``lra.data.tasks.task_vocab_size``).
 
 For each attention it measures, on one device:
 
@@ -55,12 +55,11 @@ from omegaconf import DictConfig
 
 from lra.atomic_files import atomic_write_text
 from lra.bench.report import markdown_table, output_directory, write_csv, write_provenance
-from lra.build import build_attention, build_model, build_positional_bias, task_attention_config
-from lra.data.tasks import batch_length
+from lra.build import build_attention, build_model_and_optimizer, build_positional_bias, task_attention_config
+from lra.data.tasks import batch_length, task_vocab_size
 from lra.metrics import compiled_flops
 from lra.model import count_parameters
 from lra.registry import ATTENTION_CONFIGS
-from lra.training.optimizer import build_optimizer
 from lra.training.steps import compile_step, make_train_step
 
 BASELINE = "softmax"
@@ -75,23 +74,6 @@ COLUMNS = (
     "optimizer_median_ms", "optimizer_p25_ms", "optimizer_p75_ms", "device",
 )
 
-
-def task_vocab_size(task_cfg) -> int:
-    """The token vocabulary of the task, as its data module defines it (no data is read)."""
-    name = str(task_cfg.name)
-    if name == "listops":
-        from lra.data.listops import vocab_for
-
-        return len(vocab_for(task_cfg.get("tokenizer", "fixed")))
-    if name in ("text", "retrieval"):
-        from lra.data.encodings import BYTE_VOCAB  # pad + 256 bytes
-
-        return len(BYTE_VOCAB)
-    if name in ("image", "pathfinder", "pathx"):
-        from lra.data.encodings import PIXEL_VOCAB  # gray level 0..255
-
-        return len(PIXEL_VOCAB)
-    raise ValueError(f"task={name}: no known vocabulary; give --vocab-size")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -139,9 +121,7 @@ class Timed:
 
 def build_step(cfg: DictConfig, vocab_size: int, attention_factory, bias_factory, batch: dict):
     """(compiled train step, its states, compile seconds, model) -- the training loop's step."""
-    model = build_model(cfg, vocab_size, attention_factory, bias_factory)
-    tx, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, _ = build_model_and_optimizer(cfg, vocab_size, attention_factory, bias_factory)
     model_graph, model_state = nnx.split(model)
     optimizer_graph, optimizer_state = nnx.split(optimizer)
     accum_steps = int(cfg.train.get("grad_accum_steps") or 1)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from lra.data.encodings import BYTE_VOCAB, PIXEL_VOCAB
 from lra.data.image import load_image
-from lra.data.listops import load_listops
+from lra.data.listops import load_listops, vocab_for
 from lra.data.pathfinder import load_pathfinder
 from lra.data.retrieval import load_retrieval
 from lra.data.text import load_text
@@ -45,3 +46,16 @@ def load_task(task_cfg: Mapping, cache_root: str | Path, progress: bool = True) 
 def batch_length(task_cfg: Mapping) -> int:
     """Tokens per batch row: ``max_length``, twice that for two-document tasks (``dual_encoder``)."""
     return int(task_cfg["max_length"]) * (2 if task_cfg.get("dual_encoder") else 1)
+
+
+def task_vocab_size(task_cfg: Mapping) -> int:
+    """The token vocabulary size the task's loader produces, from its config alone (no data read):
+    ListOps by tokenizer, byte tasks (Text, Retrieval) pad + 256 bytes, pixel tasks 256 gray levels."""
+    name = task_cfg.get("name")
+    if name == "listops":
+        return len(vocab_for(task_cfg.get("tokenizer", "fixed")))
+    if name in ("text", "retrieval"):
+        return len(BYTE_VOCAB)
+    if name in ("image", "pathfinder", "pathx"):
+        return len(PIXEL_VOCAB)
+    raise ValueError(f"task.name={name!r} has no known vocabulary; known tasks: {sorted(LOADERS)}")
