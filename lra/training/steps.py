@@ -16,6 +16,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lra.cpu_rng import use_unrolled_threefry
+
+use_unrolled_threefry()  # same random bits, one fused pass on the CPU (lra/cpu_rng.py)
+
 
 def weighted_loss_and_correct(logits, labels, weights):
     """Cross-entropy summed with weights, and the weighted count of correct argmax predictions."""
