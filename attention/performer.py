@@ -169,21 +169,23 @@ def draw_random_features(key: jax.Array, num_features: int, dim: int, *, orthogo
 def positive_features(x: jax.Array, w: jax.Array, key_mask: jax.Array | None = None, *,
                       feature_eps: float = 1e-6, key_offset: str = "per_example",
                       query_offset: str = "exponent") -> jax.Array:
-    """phi(x) (batch, n, heads, m) for already-scaled x (batch, n, heads, d) and W (m, d).
+    """phi(x) (batch, heads, n, m) for already-scaled x (batch, heads, n, d) and W (m, d).
 
-    Queries (``key_mask`` None): offset per (example, position, head), the max of the exponent
+    Queries (``key_mask`` None): offset per (example, head, position), the max of the exponent
     (``query_offset: projection``: of W x only). Keys: offset per (example, head) over real keys,
     padded keys' features exactly 0 (``key_offset: batch``: see the module doc).
+    Head-major layout: the (n, m) feature matrices of a head are contiguous, so the products that
+    follow need no transposes of these, the largest tensors of the layer.
     """
     m = w.shape[0]
-    projection = jnp.einsum("bnhd,md->bnhm", x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
+    projection = jnp.einsum("bhnd,md->bhnm", x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
     exponent = projection - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
     if key_mask is None:
         offset = jnp.max(exponent if query_offset == "exponent" else projection, axis=-1, keepdims=True)
         return (jnp.exp(exponent - jax.lax.stop_gradient(offset)) + feature_eps) * m ** -0.5
-    real = key_mask[:, :, None, None]
+    real = key_mask[:, None, :, None]
     if key_offset == "per_example":
-        offset = jnp.max(jnp.where(real, exponent, -jnp.inf), axis=(1, 3), keepdims=True)
+        offset = jnp.max(jnp.where(real, exponent, -jnp.inf), axis=(2, 3), keepdims=True)
     elif key_offset == "batch":
         offset = jnp.max(jnp.where(real, projection, -jnp.inf), keepdims=True)
     else:
@@ -209,13 +211,15 @@ def favor_attention(q, k, v, key_mask, w, *, feature_eps: float = 1e-6, double_s
         real = key_mask[:, :, None, None]
         k, v = jnp.where(real, k, 0.0), jnp.where(real, v, 0.0)
         key_mask = jnp.ones_like(key_mask)
-    phi_q = positive_features(q.astype(dtype) * scale, w, feature_eps=feature_eps, query_offset=query_offset)
-    phi_k = positive_features(k * scale, w, key_mask, feature_eps=feature_eps, key_offset=key_offset)
-    kv = jnp.einsum("bkhm,bkhe->bhme", phi_k, v)
-    numerator = jnp.einsum("bqhm,bhme->bqhe", phi_q, kv)
-    denominator = jnp.einsum("bqhm,bhm->bqh", phi_q, phi_k.sum(axis=1))[..., None]
+    heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # (b, n, h, .) <-> (b, h, n, .)
+    phi_q = positive_features(heads_first(q.astype(dtype) * scale), w, feature_eps=feature_eps,
+                              query_offset=query_offset)
+    phi_k = positive_features(heads_first(k * scale), w, key_mask, feature_eps=feature_eps, key_offset=key_offset)
+    kv = jnp.einsum("bhkm,bhke->bhme", phi_k, heads_first(v))
+    numerator = jnp.einsum("bhqm,bhme->bhqe", phi_q, kv)
+    denominator = jnp.einsum("bhqm,bhm->bhq", phi_q, phi_k.sum(axis=2))[..., None]
     safe = jnp.where(denominator > 0, denominator, 1.0)  # 0 only without real keys; numerator is 0 then
-    return (numerator / safe).astype(q.dtype)
+    return heads_first(numerator / safe).astype(q.dtype)
 
 
 class PerformerAttention(nnx.Module):
