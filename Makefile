@@ -70,7 +70,7 @@ DTYPE ?= float32
 BATCH ?= 32
 BENCH_ARGS ?=
 
-.PHONY: help install wheelhouse lock-variants FORCE sweep run data leaderboard reproduce check-kernel browser bench bench-step approx test test-slow lock clean
+.PHONY: help install wheelhouse lock-variants FORCE sweep run data leaderboard reproduce check-kernel browser bench bench-step bench-versus approx test test-slow lock clean
 
 help:
 	@echo "make sweep TASK=listops PRESET=smoke   sweep all registered attentions (CPU-sized preset)"
@@ -89,6 +89,7 @@ help:
 	@echo "make wheelhouse [CUDA=12|13 | TPU=1] [WHEELHOUSE=dir]  every wheel for an install without network"
 	@echo "make bench [LENGTHS=.. MODE=.. DTYPE=.. BATCH=.. ATTENTION=..]  time/memory vs length -> results/bench/"
 	@echo "make bench-step PRESET=pytorch_lineage TASK=listops [ATTENTION=..]  training-step time per attention -> results/bench/"
+	@echo "make bench-versus AUTHORS_CODE=.. TORCH_PYTHON=..  training step vs the authors' PyTorch code -> results/bench/"
 	@echo "make approx [LENGTHS=.. ATTENTION=..]  approximation error vs length and budget -> results/bench/"
 
 # Reinstalled when the pins change or another variant is asked for (FORCE).
@@ -157,6 +158,13 @@ bench: install
 # rounds; ARGS are Hydra overrides (e.g. ARGS="task.max_length=512 train.batch_size=8"), BENCH_ARGS flags.
 bench-step: install
 	$(PY) -m lra.bench.step $(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS) protocol=$(PRESET) task=$(TASK) $(ARGS)
+
+# bench-versus: this harness's step against the authors' PyTorch LRA code (Skyformer repository's src/),
+# side by side on the same cores; TORCH_PYTHON is a Python with PyTorch (docs/benchmarks.md).
+bench-versus: install
+	@test -n "$(AUTHORS_CODE)" -a -n "$(TORCH_PYTHON)" || { echo "bench-versus: give AUTHORS_CODE=path/to/Skyformer/src TORCH_PYTHON=path/to/python"; exit 2; }
+	$(PY) -m lra.bench.versus --authors-code $(AUTHORS_CODE) --torch-python $(TORCH_PYTHON) \
+		$(if $(ATTENTION),--attention $(ATTENTION)) $(BENCH_ARGS) $(ARGS)
 
 # approx sweeps LENGTHS up to 4096 unless given (its O(n^2) targets are computed on the host device).
 approx: install
