@@ -99,3 +99,20 @@ def test_pytorch_lineage_listops_parameter_count(vocab, params):
     cfg = step.compose_config(["protocol=pytorch_lineage", "task=listops", "task.max_length=2048"])
     model = nnx.eval_shape(lambda: build_model(cfg, vocab, build_attention(task_attention_config(cfg))[1]))
     assert count_parameters(model) == params
+
+
+def test_step_is_data_parallel_over_every_device(tmp_path):
+    """With two host devices the benchmarked step splits the batch's rows over both, as training does."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-m", "lra.bench.step", "--attention", "softmax", "--rounds", "1", "--warmup", "0",
+                    "--output-root", str(tmp_path), "--name", "two", *TINY], check=True, env=env,
+                   capture_output=True, text=True)
+    rows = read_csv(tmp_path / "cpu" / "two" / "step.csv")
+    assert rows["softmax"]["status"] == "ok" and rows["softmax"]["devices"] == "2"
+    assert "over 2 device(s)" in (tmp_path / "cpu" / "two" / "step.md").read_text()
+    provenance = json.loads((tmp_path / "cpu" / "two" / "provenance.json").read_text())
+    assert provenance["device_count"] == 2

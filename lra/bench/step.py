@@ -60,6 +60,7 @@ from lra.data.tasks import batch_length, task_vocab_size
 from lra.metrics import compiled_flops
 from lra.model import count_parameters
 from lra.registry import ATTENTION_CONFIGS
+from lra.training import sharding
 from lra.training.steps import compile_step, make_train_step
 
 BASELINE = "softmax"
@@ -71,7 +72,7 @@ COLUMNS = (
     "step_cpu_median_ms", "cpu_ratio_to_softmax",
     "compile_s", "flops", "achieved_gflop_per_s",
     "attention_ms", "rest_ms", "optimizer_ms", "attention_share",
-    "optimizer_median_ms", "optimizer_p25_ms", "optimizer_p75_ms", "device",
+    "optimizer_median_ms", "optimizer_p25_ms", "optimizer_p75_ms", "device", "devices",
 )
 
 
@@ -93,11 +94,15 @@ class IdentityCostAttention(nnx.Module):
 
 
 def random_batch(cfg: DictConfig, vocab_size: int, seed: int = 0) -> dict:
+    """Random tokens in [1, vocab), labels and unit weights, its rows split over the devices as in training."""
     batch_size, length = int(cfg.train.batch_size), batch_length(cfg.task)
+    mesh = sharding.data_mesh()
+    sharding.check_divisible(batch_size, "train.batch_size", mesh)
     rng = np.random.default_rng(seed)
-    return {"tokens": jnp.asarray(rng.integers(1, vocab_size, (batch_size, length)), jnp.int32),
-            "labels": jnp.asarray(rng.integers(0, int(cfg.task.num_classes), (batch_size,)), jnp.int32),
-            "weights": jnp.ones((batch_size,), jnp.float32)}
+    batch = {"tokens": jnp.asarray(rng.integers(1, vocab_size, (batch_size, length)), jnp.int32),
+             "labels": jnp.asarray(rng.integers(0, int(cfg.task.num_classes), (batch_size,)), jnp.int32),
+             "weights": jnp.ones((batch_size,), jnp.float32)}
+    return jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
 class Timed:
@@ -120,14 +125,19 @@ class Timed:
 
 
 def build_step(cfg: DictConfig, vocab_size: int, attention_factory, bias_factory, batch: dict):
-    """(compiled train step, its states, compile seconds, model) -- the training loop's step."""
+    """(compiled train step, its states, compile seconds, model) -- the training loop's step: data-parallel
+    over every visible device (states replicated, the batch's rows split), as ``lra.training.loop`` compiles it."""
     model, optimizer, _ = build_model_and_optimizer(cfg, vocab_size, attention_factory, bias_factory)
     model_graph, model_state = nnx.split(model)
     optimizer_graph, optimizer_state = nnx.split(optimizer)
+    mesh = sharding.data_mesh()
+    states, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    model_state, optimizer_state = sharding.put_replicated((model_state, optimizer_state), mesh)
     accum_steps = int(cfg.train.get("grad_accum_steps") or 1)
     start = time.perf_counter()
     compiled = compile_step(make_train_step(model_graph, optimizer_graph, accum_steps), model_state,
-                            optimizer_state, batch, donate_argnums=(0, 1))
+                            optimizer_state, batch, donate_argnums=(0, 1), in_shardings=(states, states, rows),
+                            out_shardings=states)
     return compiled, (model_state, optimizer_state), time.perf_counter() - start, model, optimizer
 
 
@@ -161,7 +171,7 @@ def prepare(attentions: list[str], overrides: list[str], vocab_size: int | None,
     vocab = vocab_size or task_vocab_size(base.task)
     batch = random_batch(base, vocab)
     shape = {"batch": int(base.train.batch_size), "length": batch_length(base.task),
-             "device": str(jax.local_devices()[0].device_kind)}
+             "device": str(jax.local_devices()[0].device_kind), "devices": jax.device_count()}
     jobs = [(NO_ATTENTION, None)] + [(name, name) for name in attentions]
     for label, name in jobs:
         row = {"attention": label, **shape}
@@ -241,7 +251,8 @@ def markdown_report(rows: list[dict], info: dict, overrides: list[str]) -> str:
     lines = [f"# Training-step benchmark — {info['device']}\n",
              f"{info['date']}, git {commit}, jax {info['jax_version']}, backend {info['backend']}, "
              f"{info['cpu_count']} CPUs, load average at start {info['load_average_at_start']}. "
-             f"Overrides: `{' '.join(overrides)}`; batch {first['batch']} x {first['length']} tokens, "
+             f"Overrides: `{' '.join(overrides)}`; batch {first['batch']} x {first['length']} tokens "
+             f"over {first['devices']} device(s), "
              f"{info['settings']['rounds']} interleaved rounds after {info['settings']['warmup']} warm-up calls.\n",
              "Step = forward + backward + optimizer update (the training loop's compiled step, states donated). "
              "Ratio = step median / softmax's step median (same run); CPU = this process's CPU time per step "

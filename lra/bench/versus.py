@@ -162,11 +162,13 @@ def markdown_report(rows: list[dict], info: dict, settings: dict) -> str:
     torch_version = next((v.get("torch") for w in settings["workers"].values() for k, v in w.items()
                           if k != HARNESS and v.get("torch")), "?")
     first = rows[0]
+    harness_devices = ", ".join(sorted({str(w[HARNESS].get("devices", "?")) for w in settings["workers"].values()}))
     lines = [f"# This harness vs the authors' PyTorch code — {info['device']}\n",
              f"{info['date']}, git {commit}, jax {info['jax_version']}, torch {torch_version}, "
              f"authors' code {settings.get('authors_commit') or settings['authors_code']}, {info['cpu_count']} CPUs, "
              f"both sides pinned to cores {settings['cores']}, load average at start {info['load_average_at_start']}. "
-             f"Batch {first['batch']} x {first['length']} tokens; {settings['rounds']} interleaved rounds after "
+             f"Batch {first['batch']} x {first['length']} tokens; the harness on {harness_devices} device(s) "
+             f"(data-parallel when more than one); {settings['rounds']} interleaved rounds after "
              f"{settings['warmup']} warm-up steps.\n",
              f"Harness overrides: `{' '.join(BASE_OVERRIDES)}` + the attention's (below) "
              f"{'+ `' + ' '.join(settings['extra_overrides']) + '`' if settings['extra_overrides'] else ''}. "
@@ -213,6 +215,8 @@ def plot(path: Path, rows: list[dict]) -> None:
 
 def worker_main(overrides: list[str]) -> None:
     """The harness side: compile the training step for ``overrides``, then time one call per 'step' line."""
+    import jax
+
     import lra.training.steps  # noqa: F401  (the CPU lowering of lra/cpu_rng.py, as in training)
     from lra.bench.step import Timed, build_step, compose_config, random_batch
     from lra.build import build_attention, build_positional_bias, task_attention_config
@@ -227,7 +231,7 @@ def worker_main(overrides: list[str]) -> None:
     compiled, states, compile_s, model, _ = build_step(cfg, vocab, factory, bias, batch)
     timed = Timed(compiled, states, batch)
     print(json.dumps({"ready": True, "params": count_parameters(model), "compile_s": compile_s,
-                      "shape": list(batch["tokens"].shape)}), flush=True)
+                      "shape": list(batch["tokens"].shape), "devices": jax.device_count()}), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
@@ -295,7 +299,8 @@ def main(argv=None):
     shape, vocab = (int(cfg.train.batch_size), batch_length(cfg.task)), task_vocab_size(cfg.task)
     directory = output_directory(args.output_root, args.name or time.strftime("versus_%Y-%m-%d_%H-%M-%S", time.gmtime()))
     settings = {"attentions": args.attention, "extra_overrides": extra, "rounds": args.rounds, "warmup": args.warmup,
-                "cores": args.cores, "threads": args.threads, "authors_code": str(args.authors_code),
+                "cores": args.cores, "threads": args.threads,
+                "authors_code": "/".join(args.authors_code.resolve().parts[-2:]),  # no folders of this machine
                 "authors_commit": git_commit(args.authors_code), "batch": shape[0], "length": shape[1],
                 "setups": {name: dataclasses.asdict(SETUPS[name]) for name in args.attention}, "workers": {}}
     info = write_provenance(directory / "provenance.json", settings)  # the load average before the run
