@@ -170,8 +170,8 @@ def markdown_report(rows: list[dict], info: dict, settings: dict) -> str:
              f"Batch {first['batch']} x {first['length']} tokens; the harness on {harness_devices} device(s) "
              f"(data-parallel when more than one); {settings['rounds']} interleaved rounds after "
              f"{settings['warmup']} warm-up steps.\n",
-             f"Harness overrides: `{' '.join(BASE_OVERRIDES)}` + the attention's (below) "
-             f"{'+ `' + ' '.join(settings['extra_overrides']) + '`' if settings['extra_overrides'] else ''}. "
+             f"Harness overrides: `{' '.join(BASE_OVERRIDES)}` + the attention's (below)"
+             f"{' + `' + ' '.join(settings['extra_overrides']) + '`' if settings['extra_overrides'] else ''}. "
              "Step = forward + backward + optimizer update. Speed-up = the PyTorch side's median / the harness's median.\n"]
     table = []
     for row in rows:
