@@ -40,8 +40,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 BASE_OVERRIDES = ("protocol=pytorch_lineage", "task=listops", "task.max_length=2048",
                   "optimizer.grad_clip.kind=value", "optimizer.grad_clip.max=1.0")
 TORCH_WORKER = Path(__file__).resolve().parents[2] / "scripts" / "pytorch_lineage_step.py"
@@ -102,14 +100,10 @@ def pinned(argv: list[str], cores: str | None) -> list[str]:
     return ["taskset", "-c", cores, *argv] if cores else argv
 
 
-def quantiles(values: list[float]) -> dict:
-    ms = np.asarray(values) * 1e3
-    return {"median": float(np.median(ms)), "p25": float(np.percentile(ms, 25)),
-            "p75": float(np.percentile(ms, 75)), "min": float(ms.min())}
-
-
 def summarise(name: str, shape: tuple[int, int], workers: dict, walls: dict, cpus: dict, rounds: int) -> list[dict]:
     """One row per side; speed-up = that side's median / the harness's median (the harness's row: 1)."""
+    from lra.bench.step import quantiles
+
     rows = []
     base = quantiles(walls[HARNESS])["median"]
     for side in workers:
@@ -300,7 +294,7 @@ def main(argv=None):
     directory = output_directory(args.output_root, args.name or time.strftime("versus_%Y-%m-%d_%H-%M-%S", time.gmtime()))
     settings = {"attentions": args.attention, "extra_overrides": extra, "rounds": args.rounds, "warmup": args.warmup,
                 "cores": args.cores, "threads": args.threads,
-                "authors_code": "/".join(args.authors_code.resolve().parts[-2:]),  # no folders of this machine
+                "authors_code": "/".join(args.authors_code.resolve().parts[-2:]),  # the repository's folder, not where it lies
                 "authors_commit": git_commit(args.authors_code), "batch": shape[0], "length": shape[1],
                 "setups": {name: dataclasses.asdict(SETUPS[name]) for name in args.attention}, "workers": {}}
     info = write_provenance(directory / "provenance.json", settings)  # the load average before the run
