@@ -40,6 +40,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
+from lra.atomic_files import atomic_save_figure, atomic_write_text
+from lra.bench.report import markdown_table, output_directory, write_csv, write_provenance
+from lra.bench.step import Timed, build_step, compose_config, quantiles, random_batch
+from lra.build import build_attention, build_positional_bias, task_attention_config
+from lra.data.tasks import batch_length, task_vocab_size
+from lra.model import count_parameters
+
 BASE_OVERRIDES = ("protocol=pytorch_lineage", "task=listops", "task.max_length=2048",
                   "optimizer.grad_clip.kind=value", "optimizer.grad_clip.max=1.0")
 TORCH_WORKER = Path(__file__).resolve().parents[2] / "scripts" / "pytorch_lineage_step.py"
@@ -102,8 +111,6 @@ def pinned(argv: list[str], cores: str | None) -> list[str]:
 
 def summarise(name: str, shape: tuple[int, int], workers: dict, walls: dict, cpus: dict, rounds: int) -> list[dict]:
     """One row per side; speed-up = that side's median / the harness's median (the harness's row: 1)."""
-    from lra.bench.step import quantiles
-
     rows = []
     base = quantiles(walls[HARNESS])["median"]
     for side in workers:
@@ -150,8 +157,6 @@ def run_attention(name: str, args, extra: list[str], shape: tuple[int, int], voc
 
 
 def markdown_report(rows: list[dict], info: dict, settings: dict) -> str:
-    from lra.bench.report import markdown_table
-
     commit = info["git_sha"] + ("-dirty" if info.get("git_dirty") else "")
     torch_version = next((v.get("torch") for w in settings["workers"].values() for k, v in w.items()
                           if k != HARNESS and v.get("torch")), "?")
@@ -190,8 +195,6 @@ def plot(path: Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lra.atomic_files import atomic_save_figure
-
     bars = [row for row in rows if row["side"] != HARNESS]
     figure, axis = plt.subplots(figsize=(1.3 * len(bars) + 2.5, 3.6))
     labels = [row["attention"] + ("\n(their checkpoint)" if row["side"] == "pytorch_checkpointed" else "") for row in bars]
@@ -209,14 +212,6 @@ def plot(path: Path, rows: list[dict]) -> None:
 
 def worker_main(overrides: list[str]) -> None:
     """The harness side: compile the training step for ``overrides``, then time one call per 'step' line."""
-    import jax
-
-    import lra.training.steps  # noqa: F401  (the CPU lowering of lra/cpu_rng.py, as in training)
-    from lra.bench.step import Timed, build_step, compose_config, random_batch
-    from lra.build import build_attention, build_positional_bias, task_attention_config
-    from lra.data.tasks import task_vocab_size
-    from lra.model import count_parameters
-
     cfg = compose_config(overrides)
     vocab = task_vocab_size(cfg.task)
     batch = random_batch(cfg, vocab)
@@ -284,11 +279,6 @@ def main(argv=None):
     args, extra = parse_args(argv)
     if args.worker:
         return worker_main(extra)
-    from lra.atomic_files import atomic_write_text
-    from lra.bench.report import output_directory, write_csv, write_provenance
-    from lra.bench.step import compose_config
-    from lra.data.tasks import batch_length, task_vocab_size
-
     cfg = compose_config([*BASE_OVERRIDES, *extra])
     shape, vocab = (int(cfg.train.batch_size), batch_length(cfg.task)), task_vocab_size(cfg.task)
     directory = output_directory(args.output_root, args.name or time.strftime("versus_%Y-%m-%d_%H-%M-%S", time.gmtime()))
