@@ -61,7 +61,7 @@ from lra.metrics import compiled_flops
 from lra.model import count_parameters
 from lra.registry import ATTENTION_CONFIGS
 from lra.training import sharding
-from lra.training.steps import compile_step, make_train_step
+from lra.training.steps import compile_step, compile_train_step
 
 BASELINE = "softmax"
 NO_ATTENTION = "no_attention"  # the row of the attention-free step
@@ -124,6 +124,13 @@ class Timed:
         return elapsed
 
 
+def attention_factories(cfg: DictConfig):
+    """(attention factory, positional-bias factory or None) of the run config, the task's overrides applied."""
+    _, factory, _ = build_attention(task_attention_config(cfg))
+    _, bias, _, _ = build_positional_bias(cfg)
+    return factory, bias
+
+
 def build_step(cfg: DictConfig, vocab_size: int, attention_factory, bias_factory, batch: dict):
     """(compiled train step, its states, compile seconds, model) -- the training loop's step: data-parallel
     over every visible device (states replicated, the batch's rows split), as ``lra.training.loop`` compiles it."""
@@ -131,13 +138,10 @@ def build_step(cfg: DictConfig, vocab_size: int, attention_factory, bias_factory
     model_graph, model_state = nnx.split(model)
     optimizer_graph, optimizer_state = nnx.split(optimizer)
     mesh = sharding.data_mesh()
-    states, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     model_state, optimizer_state = sharding.put_replicated((model_state, optimizer_state), mesh)
     accum_steps = int(cfg.train.get("grad_accum_steps") or 1)
     start = time.perf_counter()
-    compiled = compile_step(make_train_step(model_graph, optimizer_graph, accum_steps), model_state,
-                            optimizer_state, batch, donate_argnums=(0, 1), in_shardings=(states, states, rows),
-                            out_shardings=states)
+    compiled = compile_train_step(model_graph, optimizer_graph, model_state, optimizer_state, batch, mesh, accum_steps)
     return compiled, (model_state, optimizer_state), time.perf_counter() - start, model, optimizer
 
 
@@ -180,8 +184,7 @@ def prepare(attentions: list[str], overrides: list[str], vocab_size: int | None,
                 cfg, factory, bias = base, IdentityCostAttention, None
             else:
                 cfg = compose_config([*overrides, f"attention={name}"])
-                _, factory, _ = build_attention(task_attention_config(cfg))
-                _, bias, _, _ = build_positional_bias(cfg)
+                factory, bias = attention_factories(cfg)
             compiled, states, compile_s, model, optimizer = build_step(cfg, vocab, factory, bias, batch)
             row.update(params=count_parameters(model), compile_s=compile_s, flops=compiled_flops(compiled))
             timed[(label, "step")] = Timed(compiled, states, batch)

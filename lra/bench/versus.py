@@ -44,8 +44,7 @@ import jax
 
 from lra.atomic_files import atomic_save_figure, atomic_write_text
 from lra.bench.report import markdown_table, output_directory, write_csv, write_provenance
-from lra.bench.step import Timed, build_step, compose_config, quantiles, random_batch
-from lra.build import build_attention, build_positional_bias, task_attention_config
+from lra.bench.step import Timed, attention_factories, build_step, compose_config, quantiles, random_batch
 from lra.data.tasks import batch_length, task_vocab_size
 from lra.model import count_parameters
 
@@ -215,9 +214,7 @@ def worker_main(overrides: list[str]) -> None:
     cfg = compose_config(overrides)
     vocab = task_vocab_size(cfg.task)
     batch = random_batch(cfg, vocab)
-    _, factory, _ = build_attention(task_attention_config(cfg))
-    _, bias, _, _ = build_positional_bias(cfg)
-    compiled, states, compile_s, model, _ = build_step(cfg, vocab, factory, bias, batch)
+    compiled, states, compile_s, model, _ = build_step(cfg, vocab, *attention_factories(cfg), batch)
     timed = Timed(compiled, states, batch)
     print(json.dumps({"ready": True, "params": count_parameters(model), "compile_s": compile_s,
                       "shape": list(batch["tokens"].shape), "devices": jax.device_count()}), flush=True)

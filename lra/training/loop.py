@@ -40,7 +40,7 @@ from lra.metrics import compiled_flops, compiled_memory, device_peak_bytes
 from lra.preemption import Preempted, StopRequest
 from lra.training import sharding
 from lra.training.accumulation import choose_accumulation
-from lra.training.steps import compile_step, make_eval_step, make_train_step
+from lra.training.steps import compile_step, compile_train_step, make_eval_step
 
 
 @dataclasses.dataclass
@@ -198,9 +198,8 @@ def train_and_evaluate(model: nnx.Module, optimizer: nnx.Optimizer, learning_rat
         splits["val"], eval_batch_size, cfg.max_length, cfg.eval_limit)), rows)
 
     def compile_train(accum_steps: int):
-        return compile_step(make_train_step(model_graph, optimizer_graph, accum_steps), model_state, optimizer_state,
-                            first_batch, donate_argnums=(0, 1), in_shardings=(states, states, rows),
-                            out_shardings=states)
+        return compile_train_step(model_graph, optimizer_graph, model_state, optimizer_state, first_batch, mesh,
+                                  accum_steps)
 
     start = time.perf_counter()
     train_fn, plan = choose_accumulation(compile_train, cfg.batch_size, cfg.grad_accum_steps, cfg.micro_batch,

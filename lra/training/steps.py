@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from lra.cpu_rng import use_unrolled_threefry
+from lra.training import sharding
 
 use_unrolled_threefry()  # same random bits, one fused pass on the CPU (lra/cpu_rng.py)
 
@@ -111,3 +112,12 @@ def compile_step(step_fn, *example_args, donate_argnums=(), in_shardings=None, o
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         return jitted.lower(*example_args).compile()
+
+
+def compile_train_step(model_graph: nnx.GraphDef, optimizer_graph: nnx.GraphDef, model_state, optimizer_state,
+                       batch: dict, mesh, accum_steps: int = 1):
+    """The training loop's compiled step: data-parallel over ``mesh`` (states replicated, the batch's rows
+    split, gradients all-reduced by XLA), states donated."""
+    states, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return compile_step(make_train_step(model_graph, optimizer_graph, accum_steps), model_state, optimizer_state,
+                        batch, donate_argnums=(0, 1), in_shardings=(states, states, rows), out_shardings=states)
